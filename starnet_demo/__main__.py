@@ -1,0 +1,148 @@
+"""Command line: ``python -m starnet_demo <command> …``; ``--help`` lists the commands.
+
+Every command fails with one line on stderr and a non-zero exit on bad input, never with a stack trace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import BASELINE, VARIANTS
+
+
+def _variants(text: str) -> list[str]:
+    names = [v.strip().lower() for v in text.split(",") if v.strip()]
+    bad = [v for v in names if v not in VARIANTS and v != BASELINE]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown variant(s) {', '.join(bad)}; choose from {', '.join(VARIANTS)}")
+    return names
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    from .model import summary
+
+    print(f"{'variant':<8} {'backbone params':>16} {'detector params':>16} {'GFLOPs@' + str(args.imgsz):>12}")
+    for v in args.variants:
+        s = summary(v, args.imgsz)
+        print(f"{v:<8} {s['backbone_params'] / 1e6:>15.2f}M {s['params'] / 1e6:>15.2f}M {s['gflops']:>12.2f}")
+
+
+def cmd_prepare_data(args: argparse.Namespace) -> None:
+    from .data import prepare_data
+
+    print(prepare_data(args.root, args.out))
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .train import train
+
+    overrides = {k: v for k, v in vars(args).items() if k in {"epochs", "imgsz", "batch", "device", "workers", "amp",
+                                                               "lr0", "cache", "seed", "patience", "fraction"}
+                 and v is not None}
+    if args.time_min is not None:
+        overrides["time"] = args.time_min / 60
+    for item in args.set or []:
+        key, _, value = item.partition("=")
+        overrides[key] = _literal(value)
+    for variant in args.variant:
+        out = train(variant, args.data, stage=args.stage, weights=_weights_for(args.weights, variant),
+                    teacher=args.teacher, pretrained=args.pretrained or False, resume=args.resume,
+                    project=args.project, name=args.name, **overrides)
+        print(out)
+
+
+def _weights_for(weights: str | None, variant: str) -> str | None:
+    """``--weights`` may be a file or a folder holding ``<variant>.json``."""
+    if weights and Path(weights).is_dir():
+        return str(Path(weights) / f"{variant}.json")
+    return weights
+
+
+def _literal(value: str):
+    import ast
+
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return value
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from .evaluate import evaluate, write_json
+    from .weights import load_weights, resolve_local
+
+    path = _weights_for(args.weights, args.variant) if args.weights else resolve_local(args.variant)
+    model, _ = load_weights(path)
+    tensors = Path(path).with_suffix(".safetensors")
+    write_json(evaluate(model, args.data, imgsz=args.imgsz, batch=args.batch, device=args.device,
+                        weights_file=tensors), args.out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m starnet_demo", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("info", help="parameters and GFLOPs of every variant")
+    s.add_argument("--variants", type=_variants, default=[*VARIANTS, BASELINE])
+    s.add_argument("--imgsz", type=int, default=640)
+    s.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("prepare-data", help="merge coco-mini and the distill pools into one ultralytics dataset")
+    s.add_argument("--root", default="../shared/datasets", help="folder holding coco-mini, distill, distill-extra")
+    s.add_argument("--out", default="runs/data", help="where to write data.yaml")
+    s.set_defaults(func=cmd_prepare_data)
+
+    s = sub.add_parser("train", help="train (distill or finetune stage) with ultralytics' trainer")
+    s.add_argument("--variant", type=_variants, required=True, help="one or more, comma-separated")
+    s.add_argument("--data", help="data YAML (from prepare-data)")
+    s.add_argument("--stage", choices=("distill", "finetune"), default="finetune")
+    s.add_argument("--weights", help="start from these weights (a .json/.safetensors, or a folder of them)")
+    s.add_argument("--teacher", help="YOLOv8n state dict (safetensors) to distil from and take the neck/head of")
+    s.add_argument("--pretrained", help="ImageNet backbone weights: 'timm' or a local file")
+    s.add_argument("--resume", help="an ultralytics last.pt to resume")
+    s.add_argument("--epochs", type=int)
+    s.add_argument("--time-min", type=float, help="time budget in minutes (overrides --epochs)")
+    s.add_argument("--imgsz", type=int)
+    s.add_argument("--batch", type=int)
+    s.add_argument("--device", help="cpu, 0, or 0,1,2,3 for multi-GPU DDP")
+    s.add_argument("--workers", type=int)
+    s.add_argument("--amp", type=lambda x: x.lower() in ("1", "true", "yes"), help="mixed precision (default on)")
+    s.add_argument("--lr0", type=float)
+    s.add_argument("--cache", help="ram or disk")
+    s.add_argument("--seed", type=int)
+    s.add_argument("--patience", type=int)
+    s.add_argument("--fraction", type=float)
+    s.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="any other ultralytics train argument")
+    s.add_argument("--project", default="runs/starnet")
+    s.add_argument("--name")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("eval", help="mAP on a held-out split, as JSON")
+    s.add_argument("--variant", required=True, type=lambda t: _variants(t)[0])
+    s.add_argument("--data", required=True)
+    s.add_argument("--weights", help="weights file or folder (default: the variant's resolved weights)")
+    s.add_argument("--imgsz", type=int, default=640)
+    s.add_argument("--batch", type=int, default=16)
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--out")
+    s.set_defaults(func=cmd_eval)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, RuntimeError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

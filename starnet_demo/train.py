@@ -1,0 +1,147 @@
+"""The train command: ultralytics' detection trainer, with a feature-distillation stage in front.
+
+Stages (each one run of ultralytics' ``DetectionTrainer``, so AMP, EMA, resuming, ``time=`` budgets and multi-GPU
+DDP with ``device=0,1,2,3`` all come from ultralytics):
+
+* ``distill``: the student takes the teacher's SPPF, neck and head (frozen) and learns to reproduce the teacher's
+  P3/P4/P5 maps; no labels are needed.
+* ``finetune``: end-to-end detection training on labels (ground truth plus pseudo-labels). Folded BatchNorms taken
+  from the teacher are recalibrated first, so that train mode starts from the eval-mode function.
+
+Each stage ends by writing ``<run>/export/<variant>.safetensors`` + ``.json`` with the recipe so far, so the next
+stage, or a later session, continues from it.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from ultralytics.data.dataset import YOLODataset
+from ultralytics.data.utils import check_det_dataset
+from ultralytics.models.yolo.detect import DetectionTrainer
+from ultralytics.nn.tasks import DetectionModel
+from ultralytics.utils import DEFAULT_CFG
+from ultralytics.utils.patches import torch_load
+
+from .distill import DistillStudent, recalibrate_bn
+from .model import build_model, init_from_teacher
+from .weights import load_weights, save_weights
+
+STAGES = ("distill", "finetune")
+# The teacher's SPPF, neck and head sit at layers 7-20 of our YAMLs; the distill stage trains only layers 0-6.
+FROZEN_IN_DISTILL = list(range(7, 21))
+
+STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
+    # Regression from a random backbone: a larger AdamW step and no detection-loss warm-up bias.
+    "distill": dict(optimizer="AdamW", lr0=2e-3, lrf=0.05, cos_lr=True, warmup_epochs=1, warmup_bias_lr=0.0,
+                    weight_decay=5e-4, val=False, close_mosaic=0),
+    # Fine-tuning a working detector: ultralytics' "auto" optimizer picks a small AdamW step for short runs.
+    "finetune": dict(optimizer="auto", warmup_epochs=1, warmup_bias_lr=0.0, close_mosaic=2),
+}
+
+
+class StarNetTrainer(DetectionTrainer):
+    """Ultralytics' DetectionTrainer, reading its results CSV without polars (absent on lean GPU images)."""
+
+    def read_results_csv(self) -> dict[str, list]:
+        try:
+            with open(self.csv, newline="") as f:
+                rows = list(csv.DictReader(f))
+        except OSError:
+            return {}
+        return {k.strip(): [float(r[k]) for r in rows] for k in (rows[0] if rows else {})}
+
+
+def _calibration_batches(data: dict, imgsz: int, n_images: int = 64, batch: int = 16):
+    """Letterboxed training images, unaugmented, as float batches for BatchNorm statistics."""
+    dataset = YOLODataset(img_path=data["train"], imgsz=imgsz, augment=False, hyp=DEFAULT_CFG, data=data,
+                          batch_size=batch, rect=False, prefix="calibration: ")
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=False, collate_fn=YOLODataset.collate_fn)
+    for b in itertools.islice(loader, max(1, n_images // batch)):
+        yield b["img"].float() / 255
+
+
+def initial_model(variant: str, stage: str, data: dict, *, weights: str | None, teacher: str | None,
+                  pretrained: bool | str, imgsz: int) -> tuple[DetectionModel, list[dict]]:
+    """The model a stage starts from, and the recipe that produced it."""
+    recipe: list[dict] = []
+    if weights:
+        loaded, config = load_weights(weights)
+        if config["variant"] != variant:
+            raise ValueError(f"{weights} holds variant {config['variant']}, not {variant}")
+        recipe = list(config.get("recipe", []))
+        state = loaded.state_dict()
+    cls = DistillStudent if stage == "distill" else DetectionModel
+    model = build_model(variant, nc=data["nc"], names=data["names"], pretrained=False if weights else pretrained,
+                        cls=cls)
+    if weights:
+        model.load_state_dict(state)
+    if teacher and (stage == "distill" or not weights):
+        init_from_teacher(model, load_file(teacher))
+    if stage == "distill":
+        if not teacher:
+            raise ValueError("the distill stage needs --teacher (a YOLOv8n state dict in safetensors)")
+        model.teacher_path = str(Path(teacher).resolve())
+    else:
+        recalibrate_bn(model, _calibration_batches(data, imgsz))
+    return model, recipe
+
+
+def train(variant: str, data: str, *, stage: str = "finetune", weights: str | None = None,
+          teacher: str | None = None, pretrained: bool | str = False, resume: str | None = None,
+          project: str = "runs/starnet", name: str | None = None, **overrides: Any) -> Path:
+    """Run one stage; returns the config path of the weights it wrote (``<run>/export/<variant>.json``).
+
+    ``overrides`` are ultralytics train arguments (``epochs``, ``imgsz``, ``batch``, ``device``, ``time``, ``amp``,
+    ``workers``, ``lr0``…), applied over the stage's defaults.
+    """
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
+    started = time.time()
+    if resume:
+        ckpt_args = torch_load(resume, map_location="cpu")["train_args"]
+        trainer = StarNetTrainer(overrides={"resume": str(resume), **{k: v for k, v in overrides.items()
+                                                                        if k in ("device", "workers", "batch")}})
+        data_yaml = ckpt_args["data"]
+        recipe_base: list[dict] = []
+    else:
+        data_yaml = str(Path(data).resolve())
+        data_dict = check_det_dataset(data_yaml)
+        imgsz = int(overrides.get("imgsz", 640))
+        model, recipe_base = initial_model(variant, stage, data_dict, weights=weights, teacher=teacher,
+                                           pretrained=pretrained, imgsz=imgsz)
+        args = {**STAGE_DEFAULTS[stage], "plots": False, **overrides, "data": data_yaml, "project": str(project),
+                "name": name or f"{variant}-{stage}", "model": str(model.yaml["yaml_file"])}
+        if stage == "distill":
+            args["freeze"] = FROZEN_IN_DISTILL
+        trainer = StarNetTrainer(overrides=args)
+        trainer.model = model
+    trainer.train()
+
+    best = Path(trainer.best if Path(trainer.best).is_file() else trainer.last)
+    ckpt = torch_load(best, map_location="cpu")
+    ema = ckpt.get("ema") or ckpt["model"]  # strip_optimizer moves the EMA to "model"
+    final = build_model(variant, nc=len(ema.names), names=ema.names)
+    final.load_state_dict({k: v.float() for k, v in ema.state_dict().items()})
+    metrics = {k: round(float(v), 5) for k, v in (trainer.metrics or {}).items()}
+    step = {
+        "stage": stage,
+        "data": Path(data_yaml).name if resume else data_yaml,
+        "teacher": Path(teacher).name if teacher else None,
+        "epochs": trainer.epoch + 1,
+        "imgsz": trainer.args.imgsz,
+        "batch": trainer.args.batch,
+        "optimizer": trainer.args.optimizer,
+        "lr0": trainer.args.lr0,
+        "device": str(trainer.device),
+        "seconds": round(time.time() - started, 1),
+        "val_metrics": metrics,
+    }
+    return save_weights(final, trainer.save_dir / "export", {"recipe": [*recipe_base, step], "imgsz":
+                                                             trainer.args.imgsz})
