@@ -22,7 +22,12 @@ from ultralytics.nn.tasks import DetectionModel
 from .model import build_model, variant_of
 
 FORMAT = "starnet-demo-weights/1"
-LOCAL_DIR = Path(os.environ.get("STARNET_WEIGHTS_DIR", Path(__file__).resolve().parent.parent / "weights"))
+EMBEDDED_DIR = Path(__file__).resolve().parent.parent / "weights"
+
+
+def local_dir() -> Path:
+    """The embedded weights folder (``weights/`` of this checkout), or ``$STARNET_WEIGHTS_DIR``."""
+    return Path(os.environ.get("STARNET_WEIGHTS_DIR") or EMBEDDED_DIR)
 
 
 class WeightsError(RuntimeError):
@@ -37,9 +42,9 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def weight_files(variant: str, directory: str | Path = LOCAL_DIR) -> tuple[Path, Path]:
-    """(tensors, config) paths of a variant in a directory."""
-    directory = Path(directory)
+def weight_files(variant: str, directory: str | Path | None = None) -> tuple[Path, Path]:
+    """(tensors, config) paths of a variant in a directory (default: ``local_dir()``)."""
+    directory = Path(directory) if directory else local_dir()
     return directory / f"{variant}.safetensors", directory / f"{variant}.json"
 
 
@@ -110,9 +115,9 @@ def load_weights(path: str | Path, device: str | torch.device = "cpu",
     return model.to(device).eval(), config
 
 
-def resolve_local(variant: str, directory: str | Path = LOCAL_DIR) -> Path:
+def resolve_local(variant: str, directory: str | Path | None = None) -> Path:
     """The config path of a variant's embedded weights, or a clear error if this checkout has none."""
     _, config_path = weight_files(variant, directory)
     if not config_path.is_file():
-        raise WeightsError(f"no weights for {variant} in {Path(directory).resolve()}")
+        raise WeightsError(f"no weights for {variant} in {config_path.parent}")
     return config_path
