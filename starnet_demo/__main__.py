@@ -20,6 +20,14 @@ def _variants(text: str) -> list[str]:
     return names
 
 
+def _stages(text: str) -> str:
+    stages = [x.strip() for x in text.split(",")]
+    bad = [x for x in stages if x not in ("distill", "finetune")]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown stage(s) {', '.join(bad)}; use distill and/or finetune")
+    return ",".join(stages)
+
+
 def cmd_info(args: argparse.Namespace) -> None:
     from .model import summary
 
@@ -38,19 +46,39 @@ def cmd_prepare_data(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from .train import train
 
-    overrides = {k: v for k, v in vars(args).items() if k in {"epochs", "imgsz", "batch", "device", "workers", "amp",
-                                                               "lr0", "cache", "seed", "patience", "fraction"}
-                 and v is not None}
-    if args.time_min is not None:
-        overrides["time"] = args.time_min / 60
+    stages = args.stage.split(",")
+    per_stage = {"time_min": _per_stage(args.time_min, stages, float), "imgsz": _per_stage(args.imgsz, stages, int)}
+    common = {k: v for k, v in vars(args).items() if k in {"epochs", "batch", "device", "workers", "amp", "lr0",
+                                                             "cache", "seed", "patience", "fraction"}
+              and v is not None}
     for item in args.set or []:
         key, _, value = item.partition("=")
-        overrides[key] = _literal(value)
+        common[key] = _literal(value)
     for variant in args.variant:
-        out = train(variant, args.data, stage=args.stage, weights=_weights_for(args.weights, variant),
-                    teacher=args.teacher, pretrained=args.pretrained or False, resume=args.resume,
-                    project=args.project, name=args.name, **overrides)
-        print(out)
+        weights = _weights_for(args.weights, variant)
+        for i, stage in enumerate(stages):
+            overrides = dict(common)
+            if per_stage["imgsz"]:
+                overrides["imgsz"] = per_stage["imgsz"][i]
+            if per_stage["time_min"]:
+                overrides["time"] = per_stage["time_min"][i] / 60
+            name = f"{args.name}-{variant}-{stage}" if args.name else None
+            weights = str(train(variant, args.data, stage=stage, weights=weights, teacher=args.teacher,
+                                pretrained=args.pretrained or False, resume=args.resume, project=args.project,
+                                name=name, **overrides))
+            print(weights, flush=True)
+
+
+def _per_stage(text: str | None, stages: list[str], kind: type) -> list:
+    """``"2,1"`` → one value per stage; a single value applies to every stage."""
+    if text is None:
+        return []
+    values = [kind(x) for x in str(text).split(",")]
+    if len(values) == 1:
+        values *= len(stages)
+    if len(values) != len(stages):
+        raise ValueError(f"got {len(values)} values for {len(stages)} stages: {text}")
+    return values
 
 
 def _weights_for(weights: str | None, variant: str) -> str | None:
@@ -97,14 +125,15 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("train", help="train (distill or finetune stage) with ultralytics' trainer")
     s.add_argument("--variant", type=_variants, required=True, help="one or more, comma-separated")
     s.add_argument("--data", help="data YAML (from prepare-data)")
-    s.add_argument("--stage", choices=("distill", "finetune"), default="finetune")
+    s.add_argument("--stage", default="finetune", type=_stages,
+                   help="distill, finetune, or distill,finetune to chain them (each feeds the next)")
     s.add_argument("--weights", help="start from these weights (a .json/.safetensors, or a folder of them)")
     s.add_argument("--teacher", help="YOLOv8n state dict (safetensors) to distil from and take the neck/head of")
     s.add_argument("--pretrained", help="ImageNet backbone weights: 'timm' or a local file")
     s.add_argument("--resume", help="an ultralytics last.pt to resume")
     s.add_argument("--epochs", type=int)
-    s.add_argument("--time-min", type=float, help="time budget in minutes (overrides --epochs)")
-    s.add_argument("--imgsz", type=int)
+    s.add_argument("--time-min", help="time budget in minutes (overrides --epochs); one per stage, comma-separated")
+    s.add_argument("--imgsz", help="training image size; one per stage, comma-separated")
     s.add_argument("--batch", type=int)
     s.add_argument("--device", help="cpu, 0, or 0,1,2,3 for multi-GPU DDP")
     s.add_argument("--workers", type=int)

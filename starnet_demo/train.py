@@ -116,7 +116,7 @@ def train(variant: str, data: str, *, stage: str = "finetune", weights: str | No
         imgsz = int(overrides.get("imgsz", 640))
         model, recipe_base = initial_model(variant, stage, data_dict, weights=weights, teacher=teacher,
                                            pretrained=pretrained, imgsz=imgsz)
-        args = {**STAGE_DEFAULTS[stage], "plots": False, **overrides, "data": data_yaml, "project": str(project),
+        args = {**STAGE_DEFAULTS[stage], "plots": False, **overrides, "data": data_yaml, "project": str(Path(project).resolve()),
                 "name": name or f"{variant}-{stage}", "model": str(model.yaml["yaml_file"])}
         if stage == "distill":
             args["freeze"] = FROZEN_IN_DISTILL
