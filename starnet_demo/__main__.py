@@ -99,13 +99,33 @@ def _literal(value: str):
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from .evaluate import evaluate, write_json
-    from .weights import load_weights, resolve_local
+    from .hub import resolve_weights
+    from .weights import load_weights
 
-    path = _weights_for(args.weights, args.variant) if args.weights else resolve_local(args.variant)
+    path = _weights_for(args.weights, args.variant) if args.weights else \
+        resolve_weights(args.variant, repo_id=args.repo_id, revision=args.revision)
     model, _ = load_weights(path)
     tensors = Path(path).with_suffix(".safetensors")
     write_json(evaluate(model, args.data, imgsz=args.imgsz, batch=args.batch, device=args.device,
                         weights_file=tensors), args.out)
+
+
+def cmd_publish(args: argparse.Namespace) -> None:
+    from .hub import available_variants, build_upload_folder, hub_repo, publish
+
+    repo_id = args.repo_id or hub_repo()
+    variants = args.variant or available_variants(args.weights_dir)
+    if args.dry_run:
+        import tempfile
+
+        folder = build_upload_folder(variants, args.weights_dir, args.out or tempfile.mkdtemp(prefix="publish-"),
+                                     repo_id)
+        for f in sorted(folder.iterdir()):
+            print(f"{f}  {f.stat().st_size} bytes")
+        return
+    commit = publish(repo_id, variants, args.weights_dir, tag=args.tag, commit_message=args.message,
+                     token=args.token, private=args.private)
+    print(f"published {', '.join(variants)} to {repo_id}: {commit}" + (f" (tag {args.tag})" if args.tag else ""))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,12 +171,26 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("eval", help="mAP on a held-out split, as JSON")
     s.add_argument("--variant", required=True, type=lambda t: _variants(t)[0])
     s.add_argument("--data", required=True)
-    s.add_argument("--weights", help="weights file or folder (default: the variant's resolved weights)")
+    s.add_argument("--weights", help="weights file or folder (default: the pinned Hub release, else weights/)")
+    s.add_argument("--repo-id", help="Hub repo of the weights (default: $STARNET_HUB_REPO or the project's)")
+    s.add_argument("--revision", help="Hub revision (default: $STARNET_HUB_REVISION or the pinned release)")
     s.add_argument("--imgsz", type=int, default=640)
     s.add_argument("--batch", type=int, default=16)
     s.add_argument("--device", default="cpu")
     s.add_argument("--out")
     s.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("publish", help="upload weights, configs and a model card to a Hugging Face Hub repo")
+    s.add_argument("--repo-id", help="target repo (default: $STARNET_HUB_REPO or the project's)")
+    s.add_argument("--variant", type=_variants, help="one or more, comma-separated (default: all in --weights-dir)")
+    s.add_argument("--weights-dir", help="folder of <variant>.safetensors/.json (default: weights/)")
+    s.add_argument("--tag", help="tag the commit as a release, e.g. the HUB_REVISION the code pins")
+    s.add_argument("--message", help="commit message")
+    s.add_argument("--token", help="Hub token (default: $HF_TOKEN or the saved login)")
+    s.add_argument("--private", action="store_true", help="create the repo private")
+    s.add_argument("--dry-run", action="store_true", help="only build the upload folder in --out and list it")
+    s.add_argument("--out", help="empty or new folder where --dry-run builds (default: a new temporary one)")
+    s.set_defaults(func=cmd_publish)
     return p
 
 

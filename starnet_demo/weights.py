@@ -56,7 +56,9 @@ def save_weights(model: DetectionModel, directory: str | Path, meta: Mapping[str
     tensors_path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous()
              for k, v in model.state_dict().items()}
-    save_file(state, str(tensors_path), metadata={"format": FORMAT, "variant": variant})
+    # One metadata key only: safetensors writes metadata in hash order, so with two keys identical weights could
+    # save to different bytes (and sha256). The variant is in the config.
+    save_file(state, str(tensors_path), metadata={"format": FORMAT})
     config = {
         "format": FORMAT,
         "variant": variant,
@@ -111,7 +113,8 @@ def load_weights(path: str | Path, device: str | torch.device = "cpu",
     try:
         model.load_state_dict({k: v.to(own[k].dtype) if k in own else v for k, v in state.items()})
     except RuntimeError as e:
-        raise WeightsError(f"{tensors_path} does not fit variant {config['variant']}: {str(e).splitlines()[0]}") from None
+        first_line = str(e).splitlines()[0]
+        raise WeightsError(f"{tensors_path} does not fit variant {config['variant']}: {first_line}") from None
     return model.to(device).eval(), config
 
 

@@ -1,0 +1,304 @@
+"""Pulling and publishing weights through the real huggingface_hub client, against a Hub stand-in on 127.0.0.1.
+
+Each test gets its own server, HF cache and ``weights/`` folder. ``HF_ENDPOINT`` and ``HF_HUB_OFFLINE`` are set in the
+environment, as a user would; ``huggingface_hub.constants.HF_HUB_OFFLINE`` is forced off for the online tests in case
+the suite runs with ``HF_HUB_OFFLINE=1`` set before the library was imported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from hub_server import HubServer
+from huggingface_hub import ModelCard, constants
+from test_weights import pickle_that_mkdirs
+
+from starnet_demo import hub as hub_mod
+from starnet_demo.__main__ import main
+from starnet_demo.hub import build_upload_folder, publish, resolve, resolve_weights
+from starnet_demo.model import build_model
+from starnet_demo.weights import FORMAT, WeightsError, load_weights, save_weights, sha256_file
+
+REPO = "test-org/yolov8-starnet"
+VARIANT = "s050"
+META = {
+    "metrics": {"map50": 0.41234, "map50_95": 0.25, "split": "coco-mini val", "per_class": {"person": 0.5}},
+    "recipe": [
+        {"stage": "distill", "data": "merged.yaml", "teacher": "yolov8n.safetensors", "epochs": 30, "imgsz": 320},
+        {"stage": "finetune", "data": "merged.yaml", "epochs": 60, "imgsz": 512, "lr0": 0.002},
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory) -> Path:
+    """The genuine release: s050 random-init weights with metrics and a recipe. Read-only: tests copy it."""
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("release")
+    save_weights(build_model(VARIANT), folder, META)
+    return folder
+
+
+def release_files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+@pytest.fixture
+def local(tmp_path, release) -> Path:
+    """This checkout's ``weights/``: a copy of the release."""
+    return Path(shutil.copytree(release, tmp_path / "weights"))
+
+
+@pytest.fixture
+def empty_local(tmp_path) -> Path:
+    (tmp_path / "no-weights").mkdir()
+    return tmp_path / "no-weights"
+
+
+@pytest.fixture
+def cache(tmp_path) -> Path:
+    return tmp_path / "hf-cache"
+
+
+@pytest.fixture
+def hub(monkeypatch, release):
+    """A running Hub with the release committed on ``main`` and tagged ``v1``, and the environment pointing at it."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    with HubServer() as server:
+        server.commit(REPO, release_files(release), message="release")
+        server.tag(REPO, "v1")
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        monkeypatch.setenv("STARNET_HUB_REPO", REPO)
+        monkeypatch.setenv("STARNET_HUB_REVISION", "v1")
+        yield server
+
+
+def flipped(data: bytes) -> bytes:
+    bad = bytearray(data)
+    bad[len(bad) // 2] ^= 0xFF
+    return bytes(bad)
+
+
+def hub_warnings(caplog) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+# --- pull --------------------------------------------------------------------------------------------------------
+
+def test_pull_downloads_the_pinned_release_and_verifies_it(hub, local, cache, release):
+    got = resolve(VARIANT, local_dir=local, cache_dir=cache)
+    assert (got.source, got.notice) == ("hub", None)
+    assert got.path.is_relative_to(cache) and got.path.name == f"{VARIANT}.json"
+    tensors = got.path.with_suffix(".safetensors")
+    assert tensors.read_bytes() == (release / f"{VARIANT}.safetensors").read_bytes()
+    assert ("GET", f"/{REPO}/resolve/v1/{VARIANT}.json") in hub.requests
+    assert any(method == "GET" and path.startswith("/cdn/") for method, path in hub.requests)  # LFS redirect taken
+    model, config = load_weights(got.path)
+    assert config["sha256"] == sha256_file(tensors)
+    reference, _ = load_weights(release / f"{VARIANT}.json")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values(),
+                                                  strict=True))
+
+
+def test_pull_at_a_commit_id(hub, local, cache):
+    oid = hub.repos[REPO]["refs"]["main"]
+    got = resolve(VARIANT, revision=oid, local_dir=local, cache_dir=cache)
+    assert got.source == "hub" and oid in got.path.parts
+
+
+def test_cache_serves_when_the_hub_is_gone_or_offline(hub, local, cache, monkeypatch, caplog):
+    first = resolve(VARIANT, local_dir=local, cache_dir=cache)
+    assert first.source == "hub"
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    seen = len(hub.requests)
+    offline = resolve(VARIANT, local_dir=local, cache_dir=cache)
+    assert (offline.path, offline.source, offline.notice) == (first.path, "cache", None)
+    assert len(hub.requests) == seen  # offline means no request at all
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    hub.stop()
+    with caplog.at_level(logging.WARNING):
+        gone = resolve_weights(VARIANT, local_dir=local, cache_dir=cache)
+    assert gone == first.path
+    assert not hub_warnings(caplog)
+
+
+def test_unreachable_hub_falls_back_to_local_weights_with_one_line(hub, local, cache, caplog, capfd):
+    hub.stop()  # nothing listens on the port any more: connection refused
+    with caplog.at_level(logging.WARNING):
+        path = resolve_weights(VARIANT, local_dir=local, cache_dir=cache)
+    assert path == local / f"{VARIANT}.json"
+    [record] = hub_warnings(caplog)
+    message = record.getMessage()
+    assert "\n" not in message and record.exc_info is None
+    assert "Hub unreachable" in message and hub.url in message and str(path) in message
+    assert "Traceback" not in capfd.readouterr().err
+    load_weights(path)
+
+
+def test_offline_without_cache_falls_back_to_local_weights(hub, local, cache, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    got = resolve(VARIANT, local_dir=local, cache_dir=cache)
+    assert (got.path, got.source) == (local / f"{VARIANT}.json", "local")
+    assert got.notice.startswith("Hub offline") and "\n" not in got.notice
+    assert hub.requests == []
+
+
+@pytest.mark.parametrize(("kwargs", "reason"), [
+    ({"repo_id": "test-org/missing"}, "Hub repo test-org/missing not found"),
+    ({"revision": "v9"}, "revision v9 not found"),
+])
+def test_missing_repo_or_revision_falls_back_to_local_weights(hub, local, cache, kwargs, reason):
+    got = resolve(VARIANT, local_dir=local, cache_dir=cache, **kwargs)
+    assert got.source == "local" and got.notice.startswith(reason)
+
+
+def test_missing_variant_on_the_hub_falls_back(hub, local, cache, release):
+    shutil.copy(release / f"{VARIANT}.json", local / "s1.json")  # a local s1 (contents irrelevant to resolving)
+    shutil.copy(release / f"{VARIANT}.safetensors", local / "s1.safetensors")
+    got = resolve("s1", local_dir=local, cache_dir=cache)
+    assert got.source == "local" and got.notice.startswith("s1.json not in Hub repo")
+
+
+def test_tampered_download_is_refused_removed_and_local_used(hub, local, cache, release):
+    genuine = (release / f"{VARIANT}.safetensors").read_bytes()
+    hub.tamper(genuine, flipped(genuine))  # same size and advertised sha256, different bytes
+    got = resolve(VARIANT, local_dir=local, cache_dir=cache)
+    assert (got.path, got.source) == (local / f"{VARIANT}.json", "local")
+    assert "refused as corrupt or tampered" in got.notice and "\n" not in got.notice
+    assert not list(cache.rglob(f"{VARIANT}.safetensors"))  # the bad copy is not kept for next time
+    assert not [p for p in (cache / f"models--{REPO.replace('/', '--')}" / "blobs").iterdir()
+                if hashlib.sha256(p.read_bytes()).hexdigest() == hashlib.sha256(flipped(genuine)).hexdigest()]
+
+    hub.tampered.clear()  # the CDN is fixed: the next call downloads again and succeeds
+    assert resolve(VARIANT, local_dir=local, cache_dir=cache).source == "hub"
+
+
+def test_swapped_release_is_refused_by_the_hash_in_this_checkout(hub, local, cache, release):
+    """Someone with write access replaces the weights and their config's sha256: git's hash still rules."""
+    swapped = flipped((release / f"{VARIANT}.safetensors").read_bytes())
+    config = json.loads((release / f"{VARIANT}.json").read_text())
+    config["sha256"] = hashlib.sha256(swapped).hexdigest()
+    hub.commit(REPO, {f"{VARIANT}.safetensors": swapped, f"{VARIANT}.json": json.dumps(config).encode()})
+    got = resolve(VARIANT, revision="main", local_dir=local, cache_dir=cache)
+    assert got.source == "local" and "this checkout's weights config" in got.notice
+
+
+def test_config_swapped_alone_is_refused(hub, local, cache, release):
+    config = json.loads((release / f"{VARIANT}.json").read_text())
+    config["sha256"] = "0" * 64
+    hub.commit(REPO, {f"{VARIANT}.json": json.dumps(config).encode()})
+    got = resolve(VARIANT, revision="main", local_dir=local, cache_dir=cache)
+    assert got.source == "local" and "its config's sha256 differs from this checkout's" in got.notice
+
+
+def test_pickle_served_as_safetensors_is_never_unpickled(hub, empty_local, cache, tmp_path):
+    """Without a hash in this checkout, a self-consistent release of a pickle gets as far as the format check."""
+    marker = tmp_path / "unpickled"
+    payload = pickle_that_mkdirs(marker, torch_format=True)
+    config = {"format": FORMAT, "variant": VARIANT, "nc": 80, "names": {}, "file": f"{VARIANT}.safetensors",
+              "sha256": hashlib.sha256(payload).hexdigest()}
+    hub.commit(REPO, {f"{VARIANT}.safetensors": payload, f"{VARIANT}.json": json.dumps(config).encode()})
+    with pytest.raises(WeightsError, match="refused as corrupt or tampered: it is not a safetensors file"):
+        resolve(VARIANT, revision="main", local_dir=empty_local, cache_dir=cache)
+    assert not marker.exists()
+
+
+def test_corrupt_download_without_local_weights_is_a_clear_error(hub, empty_local, cache, release):
+    genuine = (release / f"{VARIANT}.safetensors").read_bytes()
+    hub.tamper(genuine, flipped(genuine))
+    with pytest.raises(WeightsError, match=rf"no weights for {VARIANT}: .*refused.*; and none in {empty_local}"):
+        resolve(VARIANT, local_dir=empty_local, cache_dir=cache)
+
+
+def test_neither_source_is_a_clear_error(hub, empty_local, cache):
+    hub.stop()
+    with pytest.raises(WeightsError) as err:
+        resolve(VARIANT, local_dir=empty_local, cache_dir=cache)
+    message = str(err.value)
+    assert message.startswith(f"no weights for {VARIANT}: Hub unreachable") and "\n" not in message
+
+
+def test_repo_and_revision_come_from_the_environment(monkeypatch):
+    monkeypatch.delenv("STARNET_HUB_REPO", raising=False)
+    monkeypatch.delenv("STARNET_HUB_REVISION", raising=False)
+    assert (hub_mod.hub_repo(), hub_mod.hub_revision()) == (hub_mod.DEFAULT_REPO, hub_mod.HUB_REVISION)
+    monkeypatch.setenv("STARNET_HUB_REPO", "someone/else")
+    monkeypatch.setenv("STARNET_HUB_REVISION", "abc")
+    assert (hub_mod.hub_repo(), hub_mod.hub_revision()) == ("someone/else", "abc")
+
+
+def test_eval_cli_without_weights_exits_with_one_line(hub, empty_local, monkeypatch, capsys):
+    hub.stop()
+    monkeypatch.setenv("STARNET_WEIGHTS_DIR", str(empty_local))
+    assert main(["eval", "--variant", VARIANT, "--data", "unused.yaml", "--repo-id", REPO]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: no weights for {VARIANT}: Hub unreachable") and "\n" not in err
+
+
+# --- publish -----------------------------------------------------------------------------------------------------
+
+def test_upload_folder_holds_exactly_weights_config_and_card(release, tmp_path):
+    folder = build_upload_folder(VARIANT, release, tmp_path / "upload", repo_id=REPO)
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", f"{VARIANT}.json", f"{VARIANT}.safetensors"]
+    for name in (f"{VARIANT}.json", f"{VARIANT}.safetensors"):
+        assert (folder / name).read_bytes() == (release / name).read_bytes()
+
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.license == "agpl-3.0" and card.data.library_name == "ultralytics"
+    assert card.data.pipeline_tag == "object-detection" and "starnet" in card.data.tags
+    text = card.text
+    assert "| variant | mAP50 | mAP50-95 | split |" in text  # scalar metrics only, mAP first
+    assert f"| {VARIANT} | 0.4123 | 0.25 | coco-mini val |" in text
+    assert "1. **distill**: data: merged.yaml; teacher: yolov8n.safetensors; epochs: 30; imgsz: 320" in text
+    assert "2. **finetune**: data: merged.yaml; epochs: 60; imgsz: 512; lr0: 0.002" in text
+    assert sha256_file(release / f"{VARIANT}.safetensors") in text
+    for section in ("## Intended use", "## Limits", "## Licence"):
+        assert section in text
+
+
+def test_upload_folder_refuses_weights_that_do_not_match_their_config(release, tmp_path):
+    source = Path(shutil.copytree(release, tmp_path / "weights"))
+    tensors = source / f"{VARIANT}.safetensors"
+    tensors.write_bytes(flipped(tensors.read_bytes()))
+    with pytest.raises(WeightsError, match="does not match its config"):
+        build_upload_folder(VARIANT, source, tmp_path / "upload")
+    with pytest.raises(ValueError, match="not empty"):
+        build_upload_folder(VARIANT, release, source)
+
+
+def test_publish_uploads_the_folder_and_it_pulls_back_identical(hub, release, empty_local, cache, tmp_path):
+    commit = publish("test-org/new-repo", [VARIANT], release, tag="v2", token="test-token")
+    assert commit.startswith(f"{hub.url}/test-org/new-repo/commit/") and commit.oid in commit
+    expected = build_upload_folder(VARIANT, release, tmp_path / "expected", repo_id="test-org/new-repo")
+    assert hub.files("test-org/new-repo", "v2") == release_files(expected)
+
+    got = resolve(VARIANT, repo_id="test-org/new-repo", revision="v2", local_dir=empty_local, cache_dir=cache)
+    assert got.source == "hub"
+    for name in (f"{VARIANT}.json", f"{VARIANT}.safetensors"):
+        assert got.path.with_name(name).read_bytes() == (release / name).read_bytes()
+
+
+def test_publish_cli(hub, release, capsys, tmp_path):
+    assert main(["publish", "--repo-id", REPO, "--variant", VARIANT, "--weights-dir", str(release),
+                 "--dry-run", "--out", str(tmp_path / "dry")]) == 0
+    assert sorted(p.name for p in (tmp_path / "dry").iterdir()) == ["README.md", "s050.json", "s050.safetensors"]
+    before = dict(hub.repos[REPO]["refs"])
+
+    assert main(["publish", "--repo-id", REPO, "--weights-dir", str(release), "--token", "t", "--tag", "v3"]) == 0
+    out = capsys.readouterr().out
+    assert f"published {VARIANT} to {REPO}: {hub.url}/{REPO}/commit/" in out
+    assert hub.repos[REPO]["refs"]["v3"] != before["main"] and hub.repos[REPO]["refs"]["v1"] == before["v1"]
+
+    hub.stop()
+    assert main(["publish", "--repo-id", REPO, "--weights-dir", str(release), "--token", "t"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: publishing to {REPO} at {hub.url} failed (") and "\n" not in err
