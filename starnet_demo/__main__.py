@@ -128,8 +128,15 @@ def cmd_publish(args: argparse.Namespace) -> None:
     print(f"published {', '.join(variants)} to {repo_id}: {commit}" + (f" (tag {args.tag})" if args.tag else ""))
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument gives one line on stderr (no usage block); subcommand parsers inherit it."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m starnet_demo", description=__doc__.splitlines()[0])
+    p = _Parser(prog="python -m starnet_demo", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("info", help="parameters and GFLOPs of every variant")

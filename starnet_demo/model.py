@@ -76,8 +76,10 @@ def variant_of(model: DetectionModel) -> str:
 def as_yolo(model: DetectionModel) -> YOLO:
     """Wrap a built model in ultralytics' ``YOLO`` so train/val/predict/export run through ultralytics itself."""
     yolo = YOLO(str(model.yaml.get("yaml_file") or cfg_path(variant_of(model))), task="detect")
-    model.args = yolo.model.args
+    model.args, model.task = yolo.model.args, yolo.task  # as YOLO() sets them on its own builds; export reads task
     yolo.model = model
+    # What ultralytics' own ``YOLO.load(module)`` sets: without a ckpt, ``train()`` would start from a fresh YAML build.
+    yolo.ckpt = {"model": model}
     return yolo
 
 
@@ -108,9 +110,16 @@ def teacher_shared_state(teacher: Mapping[str, torch.Tensor]) -> dict[str, torch
 
 
 def init_from_teacher(model: DetectionModel, teacher: Mapping[str, torch.Tensor]) -> int:
-    """Copy a YOLOv8n's SPPF, neck and head into ``model``; returns the number of tensors copied."""
+    """Copy a YOLOv8n's SPPF, neck and head into ``model``; returns the number of tensors copied.
+
+    The head's class branch (``Detect.cv3``, whose widths follow the class count) is left out when ``model`` has a
+    different number of classes than the teacher.
+    """
     shared = teacher_shared_state(teacher)
     own = model.state_dict()
+    cls_branch = f"model.{len(model.model) - 1}.cv3."
+    if any(k.startswith(cls_branch) and k in own and own[k].shape != v.shape for k, v in shared.items()):
+        shared = {k: v for k, v in shared.items() if not k.startswith(cls_branch)}
     bad = [k for k, v in shared.items() if k not in own or own[k].shape != v.shape]
     if bad:
         raise ValueError(f"teacher does not match the YOLOv8n neck/head layout, e.g. {bad[:3]}")

@@ -1,0 +1,120 @@
+"""Shared fixtures: a tiny synthetic detection dataset, a real photo, a random YOLOv8n teacher, random weights.
+
+Everything is made here, in temporary folders, so the suite runs from a clean clone with no ``../shared`` and no
+network.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("YOLO_AUTOINSTALL", "False")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+from collections.abc import Callable, Iterable  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+from ultralytics.data.augment import LetterBox  # noqa: E402
+from ultralytics.utils import ASSETS  # noqa: E402
+
+from starnet_demo.model import BASELINE, build_model  # noqa: E402
+from starnet_demo.weights import save_weights  # noqa: E402
+
+SHAPE_NAMES = {0: "rectangle", 1: "ellipse"}
+
+
+def make_shapes_dataset(root: Path, n_images: int = 8, size: int = 160, seed: int = 0) -> Path:
+    """Images of coloured rectangles and ellipses on a noisy background, YOLO labels, and a ``data.yaml``.
+
+    ``val`` is the training split itself: the fixture exists to overfit, not to measure generalisation.
+    """
+    rng = np.random.default_rng(seed)
+    images, labels = root / "images" / "train", root / "labels" / "train"
+    images.mkdir(parents=True, exist_ok=True)
+    labels.mkdir(parents=True, exist_ok=True)
+    for i in range(n_images):
+        img = rng.integers(90, 150, (size, size, 3), dtype=np.uint8)
+        rows = []
+        for _ in range(int(rng.integers(1, 4))):
+            cls = int(rng.integers(0, 2))
+            w, h = (int(v) for v in rng.integers(size // 6, size // 2, 2))
+            x0, y0 = int(rng.integers(0, size - w)), int(rng.integers(0, size - h))
+            colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+            if cls == 0:
+                cv2.rectangle(img, (x0, y0), (x0 + w - 1, y0 + h - 1), colour, -1)
+            else:
+                cv2.ellipse(img, (x0 + w // 2, y0 + h // 2), (w // 2, h // 2), 0, 0, 360, colour, -1)
+            rows.append(f"{cls} {(x0 + w / 2) / size:.6f} {(y0 + h / 2) / size:.6f} {w / size:.6f} {h / size:.6f}")
+        cv2.imwrite(str(images / f"shapes_{i:03d}.png"), img)
+        (labels / f"shapes_{i:03d}.txt").write_text("\n".join(rows) + "\n")
+    data_yaml = root / "data.yaml"
+    # No `path:` key, so ultralytics resolves train/val against this file's folder.
+    data_yaml.write_text(yaml.safe_dump({"train": "images/train", "val": "images/train", "nc": len(SHAPE_NAMES),
+                                         "names": SHAPE_NAMES}, sort_keys=False))
+    return data_yaml
+
+
+@pytest.fixture(scope="session")
+def shapes_data(tmp_path_factory) -> Path:
+    """``data.yaml`` of 8 synthetic 160 px images (classes ``rectangle``, ``ellipse``); images in ``images/train``."""
+    return make_shapes_dataset(tmp_path_factory.mktemp("shapes"))
+
+
+@pytest.fixture(scope="session")
+def bus_path() -> Path:
+    """ultralytics' bundled street photo (810x1080, people and a bus)."""
+    return ASSETS / "bus.jpg"
+
+
+def letterboxed(path: Path, imgsz: int = 256) -> torch.Tensor:
+    """A photo as the detector sees it: letterboxed to ``imgsz``, RGB, float in [0, 1], shaped (1, 3, H, W)."""
+    img = LetterBox((imgsz, imgsz), auto=False)(image=cv2.imread(str(path)))
+    return torch.from_numpy(np.ascontiguousarray(img[..., ::-1].transpose(2, 0, 1))).float().div(255).unsqueeze(0)
+
+
+@pytest.fixture(scope="session")
+def bus_tensor(bus_path) -> torch.Tensor:
+    """bus.jpg letterboxed to 256 px, (1, 3, 256, 256) float in [0, 1]; clone it before changing it."""
+    return letterboxed(bus_path, 256)
+
+
+@pytest.fixture(scope="session")
+def teacher_file(tmp_path_factory) -> Path:
+    """A random YOLOv8n (80 classes) fp32 state dict in safetensors, laid out like the real COCO teacher: every
+    BatchNorm folded to identity plus bias (weight 1, mean 0, variance 1 - eps)."""
+    torch.manual_seed(0)
+    teacher = build_model(BASELINE)
+    with torch.no_grad():
+        for bn in (m for m in teacher.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+            bn.weight.fill_(1)
+            bn.bias.normal_(0, 0.5)
+            bn.running_mean.zero_()
+            bn.running_var.fill_(1 - bn.eps)
+    path = tmp_path_factory.mktemp("teacher") / "yolov8n-random.safetensors"
+    save_file({k: v.contiguous() for k, v in teacher.state_dict().items()}, str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def random_weights(tmp_path_factory) -> Callable[[Iterable[str]], Path]:
+    """``random_weights(["s1", "s2"])`` writes random-init weights (project format) and returns their folder.
+
+    One folder per session; each variant is built once. Point ``STARNET_WEIGHTS_DIR`` at it with ``monkeypatch``.
+    """
+    folder = tmp_path_factory.mktemp("weights")
+
+    def make(variants: Iterable[str]) -> Path:
+        for v in variants:
+            if not (folder / f"{v}.json").is_file():
+                torch.manual_seed(0)
+                save_weights(build_model(v), folder)
+        return folder
+
+    return make

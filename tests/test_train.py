@@ -1,0 +1,222 @@
+"""Training through ultralytics' trainer (distill and finetune stages, and ``as_yolo(model).train``), with the
+pieces they rest on: the feature loss, BatchNorm recalibration and the merged dataset."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from torch import nn
+from ultralytics.data.utils import check_det_dataset
+
+from starnet_demo import BASELINE, as_yolo, build_model
+from starnet_demo.__main__ import main
+from starnet_demo.data import prepare_data
+from starnet_demo.distill import feature_loss, recalibrate_bn
+from starnet_demo.train import train
+from starnet_demo.weights import load_weights
+
+# Overfit the 8 fixture images: one batch per epoch, an optimizer step every batch, no warm-up, no augmentation.
+OVERFIT = dict(imgsz=128, batch=8, nbs=8, workers=0, device="cpu", optimizer="AdamW", lr0=0.01, warmup_epochs=0,
+               mosaic=0.0, hsv_h=0.0, hsv_s=0.0, hsv_v=0.0, fliplr=0.0, translate=0.0, scale=0.0, erasing=0.0,
+               plots=False, verbose=False, seed=0, deterministic=True)
+
+
+def _results(run_dir: Path) -> dict[str, list[float]]:
+    with open(run_dir / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {k.strip(): [float(r[k]) for r in rows] for k in rows[0]}
+
+
+def _falls(losses: list[float], factor: float = 0.7) -> bool:
+    """The mean of the last two epochs is well below the mean of the first two."""
+    return np.mean(losses[-2:]) < factor * np.mean(losses[:2])
+
+
+@pytest.fixture(scope="module")
+def distilled(tmp_path_factory, shapes_data, teacher_file) -> Path:
+    project = tmp_path_factory.mktemp("runs")
+    return train("s050", str(shapes_data), stage="distill", teacher=str(teacher_file), project=str(project),
+                 name="distill", epochs=12, **OVERFIT)
+
+
+def test_distill_feature_loss_falls(distilled, teacher_file):
+    results = _results(distilled.parent.parent)
+    assert len(results["epoch"]) == 12
+    for level in ("p3", "p4", "p5"):
+        assert _falls(results[f"train/{level}"]), (level, results[f"train/{level}"])
+
+    model, config = load_weights(distilled)
+    assert [step["stage"] for step in config["recipe"]] == ["distill"]
+    assert config["recipe"][0]["teacher"] == teacher_file.name
+    # The teacher's SPPF, neck and head (ours 7..20) were copied and frozen; only the class branch, whose width
+    # follows the class count (2 here, 80 in the teacher), is the student's own.
+    teacher, own = load_file(str(teacher_file)), model.state_dict()
+    for key, value in teacher.items():
+        layer = int(key.split(".")[1])
+        if layer >= 9 and not key.startswith("model.22.cv3.") and value.is_floating_point():
+            ours = own[f"model.{layer - 2}.{key.split('.', 2)[2]}"]
+            torch.testing.assert_close(ours, value.half().float(), rtol=1e-3, atol=1e-4, msg=key)
+
+
+def test_finetune_after_distill_detection_loss_falls(distilled, shapes_data, tmp_path):
+    out = train("s050", str(shapes_data), stage="finetune", weights=str(distilled), project=str(tmp_path),
+                name="finetune", epochs=15, val=False, **OVERFIT)
+    results = _results(out.parent.parent)
+    for name in ("box_loss", "cls_loss", "dfl_loss"):
+        assert _falls(results[f"train/{name}"]), (name, results[f"train/{name}"])
+    model, config = load_weights(out)
+    assert [step["stage"] for step in config["recipe"]] == ["distill", "finetune"]
+    assert model.names == {0: "rectangle", 1: "ellipse"}
+
+
+def test_as_yolo_trains_the_given_model(shapes_data, tmp_path):
+    torch.manual_seed(5)
+    model = build_model("s050", nc=2, names={0: "rectangle", 1: "ellipse"})
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01)  # no fresh build could start from these
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    yolo = as_yolo(model)
+    seen = {}
+
+    def check_start(trainer):
+        trained = trainer.model.state_dict()
+        seen["same"] = all(torch.equal(trained[k], v) for k, v in start.items() if "num_batches" not in k)
+
+    yolo.add_callback("on_pretrain_routine_end", check_start)
+    yolo.train(data=str(shapes_data), epochs=10, project=str(tmp_path), name="yolo", val=False, **OVERFIT)
+    assert seen == {"same": True}
+    results = _results(tmp_path / "yolo")
+    total = [sum(x) for x in zip(*(results[f"train/{n}"] for n in ("box_loss", "cls_loss", "dfl_loss")), strict=True)]
+    assert _falls(total), total
+
+
+def test_feature_loss_scale():
+    torch.manual_seed(0)
+    target = torch.randn(4, 8, 6, 6) * 3 + 1
+    guess = target.mean(dim=(0, 2, 3), keepdim=True).expand_as(target)
+    torch.testing.assert_close(feature_loss([guess], [target]), torch.ones(1), rtol=0.02, atol=0)
+    assert feature_loss([target, target], [target, target]).tolist() == [0.0, 0.0]
+
+
+def _fold_half(model: nn.Module) -> list[nn.BatchNorm2d]:
+    """Make every other BatchNorm look like the teacher's (identity plus bias); the rest get ordinary statistics."""
+    g = torch.Generator().manual_seed(0)
+    folded = []
+    with torch.no_grad():
+        for i, bn in enumerate(m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+            n = bn.num_features
+            bn.bias.copy_(torch.randn(n, generator=g) * 0.3)
+            if i % 2 == 0:
+                bn.weight.fill_(1)
+                bn.running_mean.zero_()
+                bn.running_var.fill_(1 - bn.eps)
+                folded.append(bn)
+            else:
+                bn.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                bn.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+                bn.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+    return folded
+
+
+@pytest.mark.parametrize("only_folded", [True, False])
+def test_recalibrate_bn_keeps_eval_function_and_takes_real_statistics(only_folded, bus_tensor):
+    model = build_model(BASELINE).eval()
+    folded = _fold_half(model)
+    all_bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    changed = folded if only_folded else all_bns
+    untouched = {bn: [t.clone() for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var)]
+                 for bn in all_bns if bn not in changed}
+    torch.manual_seed(1)
+    batches = [bus_tensor[..., :128, :128].repeat(2, 1, 1, 1), torch.rand(2, 3, 128, 128), bus_tensor[..., 128:, 128:]]
+    with torch.no_grad():
+        before = [model(b)[0] for b in batches]
+
+    # Each BatchNorm's real inputs (unchanged by the recalibration, since everything upstream keeps its function).
+    inputs: dict[nn.Module, list[torch.Tensor]] = {bn: [] for bn in changed}
+    handles = [bn.register_forward_pre_hook(lambda m, a: inputs[m].append(a[0].double())) for bn in changed]
+    with torch.no_grad():
+        for b in batches:
+            model(b)
+    for h in handles:
+        h.remove()
+
+    assert recalibrate_bn(model, iter(batches), only_folded=only_folded) == len(changed)
+    assert not model.training
+    with torch.no_grad():
+        for b, want in zip(batches, before, strict=True):
+            got = model(b)[0]
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
+    for bn in changed:
+        x = torch.cat([t.permute(1, 0, 2, 3).reshape(t.shape[1], -1) for t in inputs[bn]], dim=1)
+        torch.testing.assert_close(bn.running_mean.double(), x.mean(dim=1), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(bn.running_var.double(), x.var(dim=1, unbiased=False), rtol=1e-3, atol=1e-4)
+    for bn, values in untouched.items():
+        assert all(torch.equal(a, b) for a, b in zip(values, (bn.weight, bn.bias, bn.running_mean, bn.running_var),
+                                                         strict=True))
+
+
+def test_recalibrate_bn_nothing_folded_is_a_no_op():
+    model = build_model("s050")  # fresh BatchNorms: variance 1, not 1 - eps
+    assert recalibrate_bn(model, iter(())) == 0
+
+
+def _image(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), np.full((16, 16, 3), 127, np.uint8))
+    label = Path(str(path.parent).replace("images", "labels")) / f"{path.stem}.txt"
+    label.parent.mkdir(parents=True, exist_ok=True)
+    label.write_text("0 0.5 0.5 0.25 0.25\n")
+
+
+@pytest.fixture
+def shared_tree(tmp_path) -> Path:
+    """A miniature of ../shared/datasets: coco-mini (train + held-out val, with data.yaml) and a distill pool."""
+    root = tmp_path / "datasets"
+    coco = root / "coco-mini"
+    for name in ("000000000009.jpg", "000000000025.jpg"):
+        _image(coco / "images" / "train" / name)
+    for name in ("000000000139.jpg", "000000000285.jpg"):
+        _image(coco / "images" / "val" / name)
+    (coco / "data.yaml").write_text(yaml.safe_dump({"train": "images/train", "val": "images/val", "nc": 2,
+                                                    "names": {0: "person", 1: "bicycle"}}))
+    for name in ("bottle-detection_f00000.jpg", "street_f00030.png"):
+        _image(root / "distill" / "images" / "train" / name)
+    (root / "distill" / "images" / "train" / "README.txt").write_text("not an image, not counted\n")
+    return root
+
+
+def test_prepare_data_merges_pools_and_holds_out_val(shared_tree, tmp_path):
+    data_yaml = prepare_data(shared_tree, tmp_path / "out")
+    text = data_yaml.read_text()
+    assert text.startswith("#") and "coco-mini 2" in text and "distill 2" in text
+    data = yaml.safe_load(text)
+    assert data["train"] == [str(shared_tree / "coco-mini" / "images" / "train"),
+                             str(shared_tree / "distill" / "images" / "train")]  # distill-extra is absent: skipped
+    assert data["val"] == str(shared_tree / "coco-mini" / "images" / "val")
+    assert (data["nc"], data["names"]) == (2, {0: "person", 1: "bicycle"})
+    checked = check_det_dataset(str(data_yaml))  # ultralytics accepts it as it is
+    assert checked["nc"] == 2 and len(checked["train"]) == 2
+
+
+@pytest.mark.parametrize("leak", ["000000000139.jpg", "aug_000000000285_flipped.png"])
+def test_prepare_data_refuses_held_out_images(shared_tree, tmp_path, leak):
+    _image(shared_tree / "distill-extra" / "images" / "train" / leak)
+    with pytest.raises(ValueError, match="distill-extra shares 1 image"):
+        prepare_data(shared_tree, tmp_path / "out")
+    assert not (tmp_path / "out" / "data.yaml").exists()
+
+
+def test_prepare_data_without_coco_mini(tmp_path, capsys):
+    with pytest.raises(FileNotFoundError, match="coco-mini"):
+        prepare_data(tmp_path, tmp_path / "out")
+    assert main(["prepare-data", "--root", str(tmp_path), "--out", str(tmp_path / "out")]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "coco-mini" in err[0]
