@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import BASELINE, VARIANTS
+from . import BASELINE, MAIN_VARIANTS, VARIANTS
 
 
 def _variants(text: str) -> list[str]:
@@ -128,6 +128,28 @@ def cmd_publish(args: argparse.Namespace) -> None:
     print(f"published {', '.join(variants)} to {repo_id}: {commit}" + (f" (tag {args.tag})" if args.tag else ""))
 
 
+def cmd_bench(args: argparse.Namespace) -> None:
+    from .bench import bench, default_video, to_markdown, write
+
+    video = None if args.video == "none" else (args.video or default_video())
+    for label, path in (("video", video), ("image", args.image), ("data YAML", args.accuracy)):
+        if path and not Path(path).is_file():
+            raise FileNotFoundError(f"{label} not found: {path}")
+    records = bench(args.variants, args.runtimes, device=args.device, imgsz=args.imgsz, runs=args.runs,
+                    warmup=args.warmup, image=args.image, video=video, video_frames=args.video_frames,
+                    precision_choice=args.precisions, rewrites=args.rewrites, accuracy=args.accuracy,
+                    log=lambda line: print(line, file=sys.stderr, flush=True))
+    json_path, md_path = write(records, args.out or f"runs/bench/bench-{args.device.replace(':', '')}.json")
+    print(to_markdown(records))
+    print(f"wrote {json_path} and {md_path}")
+    if all("error" in r for r in records):
+        raise RuntimeError("every combination failed")
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a bad argument gives one line on stderr (no usage block); subcommand parsers inherit it."""
 
@@ -198,6 +220,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dry-run", action="store_true", help="only build the upload folder in --out and list it")
     s.add_argument("--out", help="empty or new folder where --dry-run builds (default: a new temporary one)")
     s.set_defaults(func=cmd_publish)
+
+    s = sub.add_parser("bench", help="latency of every variant x runtime (YOLOv8n baseline included), JSON + markdown")
+    s.add_argument("--variants", type=_variants, default=list(MAIN_VARIANTS),
+                   help="comma-separated (default s1..s4); yolov8n is always added; missing weights: timed untrained")
+    s.add_argument("--runtimes", type=_csv, help="comma-separated from auto, pytorch, cudagraph, compile, "
+                   "onnxruntime, openvino, ultralytics (default: ultralytics + every one available on the device)")
+    s.add_argument("--device", default="cpu", help="cpu or cuda:N")
+    s.add_argument("--imgsz", type=int, default=640)
+    s.add_argument("--runs", type=int, default=20)
+    s.add_argument("--warmup", type=int, default=3)
+    s.add_argument("--precisions", default="default",
+                   help="'default' (each runtime's), 'all', or a list such as fp32,bf16,fp16")
+    s.add_argument("--rewrites", type=_csv, help="any of none, fold, fold+merge (default fold+merge)")
+    s.add_argument("--image", help="image to time (default examples/bus.jpg or ultralytics' bus.jpg)")
+    s.add_argument("--video", help="video for the end-to-end pipeline (default: first video in examples/; 'none')")
+    s.add_argument("--video-frames", type=int, default=150)
+    s.add_argument("--accuracy", metavar="DATA_YAML", help="also mAP50-95 per runtime/precision vs PyTorch fp32")
+    s.add_argument("--out", help="JSON path (markdown beside it); default runs/bench/bench-<device>.json")
+    s.set_defaults(func=cmd_bench)
     return p
 
 

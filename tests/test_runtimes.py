@@ -1,0 +1,240 @@
+"""Every runtime computes what PyTorch computes and detects what it detects; exports are cached by their settings and
+the weights' digest.
+
+Two kinds of evidence. Raw outputs: a seeded random-init s050 (BatchNorms given real statistics) through every
+runtime, against the original model in eager PyTorch, output tensor by output tensor. Detections: these need weights
+that detect something, which random ones do not (their scores are flat, so classes and NMS order are ties). The tests
+use the repo's trained ``weights/s1`` when present, else the COCO-trained YOLOv8n teacher from ``../shared/teachers``
+when present, else they skip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import supervision as sv
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from ultralytics.data.augment import LetterBox
+from ultralytics.utils import ASSETS
+
+from starnet_demo import __main__ as cli
+from starnet_demo.detector import Detector, clear_detectors, get_detector
+from starnet_demo.latency import measure
+from starnet_demo.model import BASELINE, COCO_NAMES, build_model
+from starnet_demo.runtimes import export, load_backend, precisions, resolve_runtime, unavailable_reason
+from starnet_demo.weights import EMBEDDED_DIR, save_weights
+
+IMGSZ = 320
+CONF = 0.25
+IMAGES = ("bus.jpg", "zidane.jpg")
+TEACHER = Path(__file__).resolve().parents[2] / "shared" / "teachers" / "yolov8n-coco.safetensors"
+
+
+def rgb(name: str) -> np.ndarray:
+    return np.ascontiguousarray(cv2.imread(str(ASSETS / name))[..., ::-1])
+
+
+def random_model(variant: str = "s050") -> nn.Module:
+    """Seeded random init with non-trivial BatchNorm statistics."""
+    torch.manual_seed(0)
+    model = build_model(variant).eval()
+    with torch.no_grad():
+        for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.2, 0.2)
+            bn.running_mean.uniform_(-0.2, 0.2)
+            bn.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """This module's weights folder and export cache (temporary); returns the variant with detecting weights or None.
+
+    The folder holds random s050 weights, plus a copy of ``weights/s1`` or the teacher as ``yolov8n`` if available.
+    """
+    folder, exports = tmp_path_factory.mktemp("weights"), tmp_path_factory.mktemp("exports")
+    save_weights(random_model(), folder)
+    trained = None
+    if (EMBEDDED_DIR / "s1.json").is_file():
+        for suffix in (".json", ".safetensors"):
+            shutil.copy(EMBEDDED_DIR / f"s1{suffix}", folder)
+        trained = "s1"
+    elif TEACHER.is_file():
+        teacher = build_model(BASELINE, names=COCO_NAMES)
+        teacher.load_state_dict(load_file(str(TEACHER)))
+        save_weights(teacher, folder)
+        trained = BASELINE
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("STARNET_WEIGHTS_DIR", str(folder))
+        mp.setenv("STARNET_EXPORT_DIR", str(exports))
+        yield trained
+        clear_detectors()
+
+
+@pytest.fixture(scope="module")
+def trained(env) -> str:
+    if env is None:
+        pytest.skip("no trained weights: neither weights/s1 nor ../shared/teachers/yolov8n-coco.safetensors")
+    return env
+
+
+def cpu_runtimes(with_ultralytics: bool = True) -> list[tuple[str, str]]:
+    out = [("ultralytics", "fp32")] if with_ultralytics else [("pytorch", "fp32")]
+    for runtime in ("onnxruntime", "openvino"):
+        if unavailable_reason(runtime, "cpu") is None:
+            out += [(runtime, p) for p in precisions(runtime, "cpu")]
+    return out
+
+
+@pytest.mark.parametrize(("runtime", "precision"), cpu_runtimes(with_ultralytics=False))
+def test_raw_outputs_match_eager_pytorch(env, runtime, precision):
+    """fp32 runtimes agree with eager PyTorch to float rounding; bf16 to a fraction of a pixel on average."""
+    model = random_model()
+    image = LetterBox((IMGSZ, IMGSZ), auto=False)(image=rgb("bus.jpg"))
+    with torch.no_grad():
+        reference = model(torch.from_numpy(image.transpose(2, 0, 1).copy())[None].float() / 255)[0]
+    backend = load_backend(model, runtime, "cpu", IMGSZ, precision)
+    out = backend(backend.prepare(image)).float()
+    assert out.shape == reference.shape
+    box_error = (out[:, :4] - reference[:, :4]).abs()
+    if precision == "fp32":
+        assert box_error.max() < 1e-2  # pixels
+        torch.testing.assert_close(out[:, 4:], reference[:, 4:], rtol=0, atol=1e-5)
+    else:
+        assert box_error.median() < 0.5 and box_error.max() < 0.02 * IMGSZ
+        torch.testing.assert_close(out[:, 4:], reference[:, 4:], rtol=0, atol=1e-3)
+
+
+def assert_same_detections(a: sv.Detections, b: sv.Detections, floor: float) -> None:
+    """Every detection scoring ≥ ``floor`` in one set has a same-class box with IoU ≥ 0.9 in the other.
+
+    The floor sits above the confidence threshold: a box scoring right at the threshold may fall either side of it
+    under another runtime's rounding, and that is not a disagreement.
+    """
+    for one, other in ((a, b), (b, a)):
+        for box, cls, conf in zip(one.xyxy, one.class_id, one.confidence, strict=True):
+            if conf < floor:
+                continue
+            same = other.xyxy[other.class_id == cls]
+            best = sv.box_iou_batch(box[None], same).max() if len(same) else 0.0
+            assert best >= 0.9, f"class {cls} box {box.round(1)} (conf {conf:.2f}) unmatched, best IoU {best:.2f}"
+
+
+@pytest.fixture(scope="module")
+def reference(trained):
+    """PyTorch's detections on each example image."""
+    detector = Detector(trained, "cpu", "pytorch", IMGSZ)
+    return {name: detector.detect(rgb(name), conf=CONF)[0] for name in IMAGES}
+
+
+def test_reference_has_detections(reference):
+    assert len(reference["bus.jpg"]) > 0
+
+
+@pytest.mark.parametrize(("runtime", "precision"), cpu_runtimes())
+def test_runtime_detections_match_pytorch(trained, reference, runtime, precision):
+    detector = Detector(trained, "cpu", runtime, IMGSZ, precision)
+    assert (detector.runtime, detector.precision) == (runtime, precision)
+    for name in IMAGES:
+        detections, timings = detector.detect(rgb(name), conf=CONF)
+        assert_same_detections(detections, reference[name], floor=CONF + 0.1)
+        assert set(detections.data["class_name"]) <= set(detector.names.values())
+        assert min(timings.preprocess_ms, timings.inference_ms, timings.postprocess_ms) >= 0
+
+
+def test_pytorch_rewrite_levels_agree(trained, reference):
+    for rewrite in ("none", "fold"):
+        detections, _ = Detector(trained, "cpu", "pytorch", IMGSZ, rewrite=rewrite).detect(rgb("bus.jpg"), conf=CONF)
+        assert_same_detections(detections, reference["bus.jpg"], floor=CONF + 0.05)
+
+
+def test_class_filter_and_rect_mode(trained, reference):
+    detector = get_detector(trained, "cpu", "pytorch", IMGSZ)
+    wanted = int(reference["bus.jpg"].class_id[0])
+    only, _ = detector.detect(rgb("bus.jpg"), conf=CONF, classes=[wanted])
+    assert len(only) and set(only.class_id) == {wanted}
+    rect, _ = detector.detect(rgb("bus.jpg"), conf=CONF, rect=True)  # 320x256 input instead of 320x320
+    assert len(rect) and rect.xyxy.max() <= max(rgb("bus.jpg").shape)
+
+
+def test_auto_and_explicit_names_share_one_detector(env):
+    auto = resolve_runtime("auto", "cpu")
+    assert auto == ("openvino" if unavailable_reason("openvino", "cpu") is None else "onnxruntime")
+    assert get_detector("s050", "cpu", "auto", IMGSZ) is get_detector("s050", "cpu", auto, IMGSZ)
+
+
+def test_bad_settings_are_refused(env):
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        resolve_runtime("cudagraph", "cpu")
+    with pytest.raises(ValueError, match="unknown runtime"):
+        Detector("s050", "cpu", "tensorrt", IMGSZ)
+    with pytest.raises(ValueError, match="supports precision"):
+        Detector("s050", "cpu", "pytorch", IMGSZ, precision="fp16")
+    with pytest.raises(ValueError, match="image size"):
+        Detector("s050", "cpu", "pytorch", 0)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            Detector("s050", "cuda:0", "pytorch", IMGSZ)
+    with pytest.raises(ValueError, match="RGB uint8"):
+        get_detector("s050", "cpu", "pytorch", IMGSZ).detect(np.zeros((8, 8), np.uint8))
+
+
+def test_export_cache_is_keyed_by_the_weights(env, tmp_path, monkeypatch):
+    monkeypatch.setenv("STARNET_EXPORT_DIR", str(tmp_path))
+    torch.manual_seed(0)
+    model = build_model("s050").eval()
+    messages = []
+    first = export(model, "onnxruntime", 64, progress=lambda f, desc: messages.append(desc))
+    assert first.is_file() and any("exporting" in m for m in messages)
+    made = first.stat().st_mtime_ns
+    messages.clear()
+    assert export(model, "onnxruntime", 64, progress=lambda f, desc: messages.append(desc)) == first
+    assert first.stat().st_mtime_ns == made and any("cached" in m for m in messages)
+    assert json.loads((first.parent / "export.json").read_text())["imgsz"] == [64, 64]
+
+    with torch.no_grad():
+        model.model[-1].cv2[0][-1].bias += 0.5  # new weights: a new export, and the stale one is gone
+    second = export(model, "onnxruntime", 64)
+    assert second != first and second.is_file() and not first.parent.exists()
+    other_size = export(model, "onnxruntime", 96)
+    assert other_size.parent != second.parent and second.is_file()
+    assert sorted(os.listdir(tmp_path)) == sorted([second.parent.name, other_size.parent.name])
+
+
+def test_measure_reports_every_stage(env):
+    record = measure(get_detector("s050", "cpu", "pytorch", IMGSZ), rgb("bus.jpg"), runs=3, warmup=1)
+    for stage in ("preprocess", "inference", "postprocess", "total"):
+        assert 0 <= record[f"{stage}_ms"] <= record[f"{stage}_ms_p90"]
+    assert record["e2e_ms_median"] >= record["inference_ms"] and record["fps"] > 0
+    assert record["params"] > 1e6 and record["gflops"] > 0 and record["peak_memory_mb"] > 0
+    assert (record["variant"], record["runtime"], record["precision"], record["runs"]) == ("s050", "pytorch", "fp32", 3)
+
+
+def test_bench_cli_writes_records_and_markdown(env, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    rc = cli.main(["bench", "--variants", "s050", "--runtimes", "pytorch,ultralytics", "--imgsz", "128", "--runs",
+                   "2", "--warmup", "0", "--video", "none", "--out", str(out)])
+    assert rc == 0
+    records = json.loads(out.read_text())
+    assert {(r["variant"], r["runtime"]) for r in records} == {(v, r) for v in (BASELINE, "s050")
+                                                                for r in ("pytorch", "ultralytics")}
+    keys = {"variant", "runtime", "device", "precision", "preprocess_ms", "inference_ms", "postprocess_ms",
+            "e2e_ms_median", "e2e_ms_p90", "fps", "peak_memory_mb", "machine"}
+    assert all(keys <= r.keys() for r in records)
+    assert "| variant | runtime |" in out.with_suffix(".md").read_text()
+    assert "end-to-end per image" not in capsys.readouterr().out  # no auto runtime measured, so no such ratio
+
+
+def test_bench_cli_fails_in_one_line(env, capsys):
+    assert cli.main(["bench", "--variants", "s050", "--runtimes", "nope", "--video", "none"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown runtime" in err[0]
