@@ -67,6 +67,15 @@ def _calibration_batches(data: dict, imgsz: int, n_images: int = 64, batch: int 
         yield b["img"].float() / 255
 
 
+def _describe_data(data: dict) -> dict[str, list[str] | str]:
+    """Folders of a dataset relative to its pools (``distill/images/train``), for the recipe."""
+    def short(path: str) -> str:
+        return "/".join(Path(path).parts[-3:])
+
+    train = data["train"] if isinstance(data["train"], list) else [data["train"]]
+    return {"train": [short(p) for p in train], "val": short(data["val"])}
+
+
 def initial_model(variant: str, stage: str, data: dict, *, weights: str | None, teacher: str | None,
                   pretrained: bool | str, imgsz: int) -> tuple[DetectionModel, list[dict]]:
     """The model a stage starts from, and the recipe that produced it."""
@@ -116,8 +125,9 @@ def train(variant: str, data: str, *, stage: str = "finetune", weights: str | No
         imgsz = int(overrides.get("imgsz", 640))
         model, recipe_base = initial_model(variant, stage, data_dict, weights=weights, teacher=teacher,
                                            pretrained=pretrained, imgsz=imgsz)
-        args = {**STAGE_DEFAULTS[stage], "plots": False, **overrides, "data": data_yaml, "project": str(Path(project).resolve()),
-                "name": name or f"{variant}-{stage}", "model": str(model.yaml["yaml_file"])}
+        args = {**STAGE_DEFAULTS[stage], "plots": False, **overrides, "data": data_yaml,
+                "project": str(Path(project).resolve()), "name": name or f"{variant}-{stage}",
+                "model": str(model.yaml["yaml_file"])}
         if stage == "distill":
             args["freeze"] = FROZEN_IN_DISTILL
         trainer = StarNetTrainer(overrides=args)
@@ -132,7 +142,7 @@ def train(variant: str, data: str, *, stage: str = "finetune", weights: str | No
     metrics = {k: round(float(v), 5) for k, v in (trainer.metrics or {}).items()}
     step = {
         "stage": stage,
-        "data": Path(data_yaml).name if resume else data_yaml,
+        "data": _describe_data(check_det_dataset(data_yaml)),
         "teacher": Path(teacher).name if teacher else None,
         "epochs": trainer.epoch + 1,
         "imgsz": trainer.args.imgsz,

@@ -124,3 +124,12 @@ def resolve_local(variant: str, directory: str | Path | None = None) -> Path:
     if not config_path.is_file():
         raise WeightsError(f"no weights for {variant} in {config_path.parent}")
     return config_path
+
+
+def record_metrics(path: str | Path, metrics: Mapping[str, Any]) -> Path:
+    """Store evaluation figures in a weights config (the tensors, and so the sha256, are untouched)."""
+    config_path = Path(path).with_suffix(".json")
+    config = read_config(config_path)
+    config["metrics"] = dict(metrics)
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
+    return config_path
