@@ -106,8 +106,20 @@ def cmd_eval(args: argparse.Namespace) -> None:
         resolve_weights(args.variant, repo_id=args.repo_id, revision=args.revision)
     model, _ = load_weights(path)
     tensors = Path(path).with_suffix(".safetensors")
-    write_json(evaluate(model, args.data, imgsz=args.imgsz, batch=args.batch, device=args.device,
-                        weights_file=tensors), args.out)
+    result = evaluate(model, args.data, imgsz=args.imgsz, batch=args.batch, device=args.device,
+                      weights_file=tensors)
+    write_json(result, args.out)
+    if args.record:
+        from .weights import record_metrics
+
+        keys = ("map50", "map50_95", "precision", "recall", "imgsz", "device")
+        record_metrics(path, {"data": args.record, **{k: result[k] for k in keys}, **_teacher_reference(args)})
+        print(f"recorded in {Path(path).with_suffix('.json')}")
+
+
+def _teacher_reference(args: argparse.Namespace) -> dict[str, float]:
+    return {k: v for k, v in (("teacher_map50", args.teacher_map50), ("teacher_map50_95", args.teacher_map50_95))
+            if v is not None}
 
 
 def cmd_publish(args: argparse.Namespace) -> None:
@@ -207,6 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch", type=int, default=16)
     s.add_argument("--device", default="cpu")
     s.add_argument("--out")
+    s.add_argument("--record", metavar="SPLIT_NAME",
+                   help="also store the figures in the weights' JSON config under this split name")
+    s.add_argument("--teacher-map50", type=float, help="reference mAP50 to record beside ours")
+    s.add_argument("--teacher-map50-95", type=float, help="reference mAP50-95 to record beside ours")
     s.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("publish", help="upload weights, configs and a model card to a Hugging Face Hub repo")
@@ -232,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--warmup", type=int, default=3)
     s.add_argument("--precisions", default="default",
                    help="'default' (each runtime's), 'all', or a list such as fp32,bf16,fp16")
-    s.add_argument("--rewrites", type=_csv, help="any of none, fold, fold+merge (default fold+merge)")
+    s.add_argument("--rewrites", type=_csv, help="any of none, fold, fold+merge (default: each runtime's best)")
     s.add_argument("--image", help="image to time (default examples/bus.jpg or ultralytics' bus.jpg)")
     s.add_argument("--video", help="video for the end-to-end pipeline (default: first video in examples/; 'none')")
     s.add_argument("--video-frames", type=int, default=150)
