@@ -1,0 +1,92 @@
+"""Where a detector can run: the CPU and each CUDA GPU torch sees, why there is no GPU, and falling back to the CPU.
+
+A GPU that is out of memory or busy must not fail a request: ``run_on`` retries on the CPU and returns a notice the
+UI shows. On a ZeroGPU Space the GPU only exists inside functions decorated with ``spaces.GPU``; ``zero_gpu`` applies
+that decorator where the ``spaces`` package is present and is a no-op everywhere else.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import torch
+
+T = TypeVar("T")
+
+
+def on_zero_gpu() -> bool:
+    """True on a Hugging Face ZeroGPU Space, where CUDA appears only inside ``spaces.GPU`` calls."""
+    return os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "true")
+
+
+def available() -> list[str]:
+    """``["cpu", "cuda:0", ...]``: every device a detector may be put on."""
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    elif on_zero_gpu():
+        devices.append("cuda:0")
+    return devices
+
+
+def label(device: str) -> str:
+    """A friendly name for the UI: ``CPU (2 threads)``, ``GPU 0: NVIDIA H100 80GB HBM3``."""
+    if device == "cpu":
+        return f"CPU ({torch.get_num_threads()} threads)"
+    index = int(device.split(":")[1])
+    if torch.cuda.is_available():
+        return f"GPU {index}: {torch.cuda.get_device_name(index)}"
+    return f"GPU {index} (ZeroGPU)"
+
+
+def why_no_gpu() -> str | None:
+    """Why only the CPU is offered, or None when a GPU is."""
+    if len(available()) > 1:
+        return None
+    if torch.version.cuda is None:
+        return "Only the CPU is offered: this PyTorch build has no CUDA support (a CPU-only wheel)."
+    return (f"Only the CPU is offered: PyTorch has CUDA {torch.version.cuda} support but sees no GPU "
+            "(no NVIDIA driver, or CUDA_VISIBLE_DEVICES hides them).")
+
+
+def check(device: str) -> str:
+    """``device`` itself if this machine has it, else a ``ValueError`` naming the ones it has."""
+    if device not in available():
+        raise ValueError(f"device {device!r} is not available here; choose one of {', '.join(available())}")
+    return device
+
+
+def gpu_unavailable(error: BaseException) -> bool:
+    """Whether ``error`` means the GPU could not take the work (out of memory, busy, lost), not a bad input."""
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        return True
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and any(
+        s in text for s in ("out of memory", "cuda error", "busy or unavailable", "cudnn_status", "cublas_status"))
+
+
+def run_on(device: str, fn: Callable[[str], T]) -> tuple[T, str | None]:
+    """``fn(device)``; if a GPU cannot take it, ``fn("cpu")`` instead. Returns the result and a notice (or None)."""
+    try:
+        return fn(device), None
+    except Exception as e:
+        if device == "cpu" or not gpu_unavailable(e):
+            raise
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        reason = str(e).splitlines()[0][:160]
+        return fn("cpu"), f"{device} could not run this ({reason}); it ran on the CPU instead."
+
+
+def zero_gpu(duration: int = 60) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``spaces.GPU(duration=…)`` on a ZeroGPU Space; elsewhere the function unchanged."""
+    if on_zero_gpu():
+        try:
+            import spaces
+        except ImportError:
+            pass
+        else:
+            return spaces.GPU(duration=duration)
+    return lambda fn: fn

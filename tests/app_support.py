@@ -1,0 +1,126 @@
+"""Helpers shared by the app's tests: weights that always show boxes, test media, and serving ``app.py`` locally.
+
+Random-init weights detect nothing, so ``boxy_weights`` raises one "person" logit bias of the Detect head: the
+network, NMS, annotation and UI all run for real and every image gets a few boxes. Tests point
+``STARNET_WEIGHTS_DIR`` at the folder; the detector cache is cleared around each server so no other test's weights
+leak in.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+from PIL import Image
+
+from starnet_demo.detector import clear_detectors
+from starnet_demo.model import build_model
+from starnet_demo.weights import save_weights
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+BUS = EXAMPLES / "bus.jpg"
+
+
+def load_app():
+    """``app.py`` as a module (it sits at the repository root, outside the package)."""
+    spec = importlib.util.spec_from_file_location("app", ROOT / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def boxy_weights(folder: Path, variants: tuple[str, ...] = ("s1",)) -> Path:
+    """Random-init weights whose stride-32 Detect branch scores every anchor 0.5 "person": after NMS a handful of
+    large boxes on any image (5 at 320 px, 16 at 640 px)."""
+    for v in variants:
+        if (folder / f"{v}.json").is_file():
+            continue
+        torch.manual_seed(0)
+        model = build_model(v)
+        with torch.no_grad():
+            model.model[-1].cv3[-1][-1].bias[0] = 0.0
+        save_weights(model, folder, meta={"recipe": "test: random init, person bias on P5"})
+    return folder
+
+
+def write_video(path: Path, frames: int = 8, size: tuple[int, int] = (320, 240), fps: float = 10,
+                faststart: bool = True) -> Path:
+    """A short H.264 clip panning across bus.jpg (people and a bus), made with PyAV."""
+    w, h = size
+    src = np.asarray(Image.open(BUS).convert("RGB").resize((w * 2, h * 2)))
+    options = {"movflags": "+faststart"} if faststart else {}
+    with av.open(str(path), "w", options=options) as out:
+        stream = out.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        for i in range(frames):
+            x = (i * 8) % w
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(src[h // 2: h // 2 + h, x: x + w]), format="rgb24")
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path
+
+
+def write_y4m(path: Path, frames: int = 30, size: tuple[int, int] = (640, 480), fps: int = 20) -> Path:
+    """A Y4M clip (what Chromium's fake camera plays) of bus.jpg sliding sideways, 4:2:0."""
+    import cv2
+
+    w, h = size
+    src = np.asarray(Image.open(BUS).convert("RGB").resize((w + frames * 4, h)))
+    with open(path, "wb") as f:
+        f.write(f"YUV4MPEG2 W{w} H{h} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
+        for i in range(frames):
+            rgb = np.ascontiguousarray(src[:, i * 4: i * 4 + w])
+            f.write(b"FRAME\n" + cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420).tobytes())
+    return path
+
+
+def png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG that claims ``width``×``height`` (e.g. 20000×20000) but holds a 1×1 image: refused before decoding."""
+    import io
+
+    buf = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    ihdr = data.index(b"IHDR")
+    data[ihdr + 4: ihdr + 12] = width.to_bytes(4, "big") + height.to_bytes(4, "big")
+    data[ihdr + 17: ihdr + 21] = zlib.crc32(bytes(data[ihdr: ihdr + 17])).to_bytes(4, "big")
+    path.write_bytes(bytes(data))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serve(weights_dir: Path, cache_dir: Path) -> Iterator[tuple[object, str]]:
+    """``app.py`` served on 127.0.0.1 from ``weights_dir`` (examples cached in ``cache_dir``); yields (app, url)."""
+    saved = {k: os.environ.get(k) for k in ("STARNET_WEIGHTS_DIR", "GRADIO_EXAMPLES_CACHE")}
+    os.environ["STARNET_WEIGHTS_DIR"], os.environ["GRADIO_EXAMPLES_CACHE"] = str(weights_dir), str(cache_dir)
+    clear_detectors()
+    app = load_app()
+    demo = app.build_app()
+    try:
+        _, url, _ = app.launch(demo, server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
+                               quiet=True)
+        yield app, url
+    finally:
+        demo.close()
+        clear_detectors()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -1,0 +1,305 @@
+"""The app's handlers, called directly as Gradio would call them: every tab, good input and bad input.
+
+Weights are random-init with a "person" bias (``app_support.boxy_weights``) so that boxes appear; image size 320
+keeps each call well under a second on two cores.
+"""
+
+from __future__ import annotations
+
+import math
+
+import av
+import gradio as gr
+import numpy as np
+import pytest
+import torch
+from app_support import BUS, EXAMPLES, boxy_weights, load_app, png_header_only, write_video
+from PIL import Image
+
+from starnet_demo import devices
+from starnet_demo.detector import clear_detectors
+
+SETTINGS = ("s1", "cpu", 0.25, 0.45, 320)
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    return boxy_weights(tmp_path_factory.mktemp("app-weights"))
+
+
+@pytest.fixture(scope="module")
+def app(weights, tmp_path_factory):
+    """``app.py`` serving from the test weights; detectors stay cached across this module's tests, as in the app."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("STARNET_WEIGHTS_DIR", str(weights))
+        mp.setenv("GRADIO_EXAMPLES_CACHE", str(tmp_path_factory.mktemp("examples-cache")))
+        clear_detectors()
+        yield load_app()
+        clear_detectors()
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return write_video(tmp_path_factory.mktemp("video") / "clip.mp4", frames=6)
+
+
+# ---------------------------------------------------------------- Image tab
+def test_detect_image_draws_boxes_and_returns_json(app):
+    annotated, result, table, line = app.detect_image(str(BUS), *SETTINGS)
+    original = np.asarray(Image.open(BUS).convert("RGB"))
+    assert annotated.shape == original.shape and annotated.dtype == np.uint8
+    assert not np.array_equal(annotated, original)  # boxes were drawn
+    dets = result["detections"]
+    assert dets and set(dets[0]) == {"class", "class_id", "confidence", "box"}
+    assert all(d["class"] == "person" and 0 < d["confidence"] <= 1 and len(d["box"]) == 4 for d in dets)
+    assert all(0 <= d["box"][0] < d["box"][2] <= original.shape[1] for d in dets)
+    assert list(table.columns) == ["class", "confidence", "x1", "y1", "x2", "y2"] and len(table) == len(dets)
+    assert set(result["timings_ms"]) == {"preprocess", "inference", "postprocess"}
+    assert f"{len(dets)} objects" in line and result["notice"] is None
+
+
+def test_detect_image_takes_what_gradio_sends(app):
+    """With ``preprocess=False`` the handler gets the file payload dict; examples give a path; arrays work too."""
+    from_payload = app.detect_image({"path": str(BUS), "meta": {"_type": "gradio.FileData"}}, *SETTINGS)[1]
+    from_array = app.detect_image(np.asarray(Image.open(BUS).convert("RGB")), *SETTINGS)[1]
+    assert from_payload["detections"] == from_array["detections"]
+
+
+def test_class_filter(app):
+    assert app.detect_image(str(BUS), *SETTINGS, classes=["person"])[1]["detections"]
+    assert app.detect_image(str(BUS), *SETTINGS, classes=["bus"])[1]["detections"] == []
+    with pytest.raises(gr.Error, match="unknown class"):
+        app.detect_image(str(BUS), *SETTINGS, classes=["unicorn"])
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "I;16", "CMYK"])
+def test_unusual_image_modes_are_converted(app, tmp_path, mode):
+    im = Image.open(BUS).convert("RGB").resize((200, 150))
+    im = Image.fromarray(np.asarray(im.convert("L"), dtype=np.uint16) * 257) if mode == "I;16" else im.convert(mode)
+    path = tmp_path / f"img-{mode.replace(';', '')}.{'jpg' if mode == 'CMYK' else 'png'}"
+    im.save(path)
+    annotated, result, _, _ = app.detect_image(str(path), *SETTINGS)
+    assert annotated.shape == (150, 200, 3) and result["detections"]
+
+
+def _bad_images(tmp_path):
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(BUS.read_bytes()[:4000])
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "text.jpg").write_text("this is not a picture\n")
+    (tmp_path / "noise.png").write_bytes(np.random.default_rng(0).bytes(5000))
+    return {
+        "empty.jpg": "empty",
+        "text.jpg": "not an image",
+        "noise.png": "not an image",
+        "truncated.jpg": "could not be decoded",
+        png_header_only(tmp_path / "huge.png", 20000, 20000).name: "megapixels",
+    }
+
+
+def test_bad_images_give_clear_errors(app, tmp_path):
+    for name, message in _bad_images(tmp_path).items():
+        with pytest.raises(gr.Error, match=message):
+            app.detect_image(str(tmp_path / name), *SETTINGS)
+    with pytest.raises(gr.Error, match="upload an image"):
+        app.detect_image(None, *SETTINGS)
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    (("s9", "cpu", 0.25, 0.45, 320), "unknown variant"),
+    (("s1", "cuda:7", 0.25, 0.45, 320), "not available"),
+    (("s1", "cpu", math.nan, 0.45, 320), "confidence"),
+    (("s1", "cpu", 0.25, 7, 320), "IoU"),
+    (("s1", "cpu", 0.25, 0.45, 99999), "image size"),
+    (("s2", "cpu", 0.25, 0.45, 320), "Weights for this variant are not available: no weights for s2"),
+])
+def test_bad_settings_give_clear_errors(app, settings, message):
+    with pytest.raises(gr.Error, match=message):
+        app.detect_image(str(BUS), *settings)
+
+
+def test_runtime_the_device_cannot_run_is_refused(app):
+    assert app.runtime_choices()[:2] == ["auto", "pytorch"]
+    with pytest.raises(gr.Error, match="cannot run on cpu"):
+        app.detect_image(str(BUS), *SETTINGS, runtime="cudagraph")
+
+
+# ---------------------------------------------------------------- devices
+def test_gpu_failure_falls_back_to_cpu():
+    def work(device):
+        if device != "cpu":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return device
+
+    result, notice = devices.run_on("cuda:0", work)
+    assert result == "cpu" and "out of memory" in notice and "ran on the CPU" in notice
+    assert devices.run_on("cpu", work) == ("cpu", None)
+    with pytest.raises(ValueError):  # a bad input is not a GPU problem: no retry
+        devices.run_on("cuda:0", lambda d: (_ for _ in ()).throw(ValueError("bad input")))
+
+
+def test_zero_gpu_decorator_is_a_no_op_off_zerogpu(monkeypatch):
+    monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
+
+    def fn():
+        return 1
+
+    assert devices.zero_gpu(duration=10)(fn) is fn
+
+
+def test_models_are_loaded_once_per_variant_and_device(app):
+    first = app.load_detector("s1", "cpu")
+    app.detect_image(str(BUS), "yolov8n", "cpu", 0.25, 0.45, 320)  # switch away and back
+    app.detect_image(str(BUS), *SETTINGS)
+    assert app.load_detector("s1", "cpu") is first
+
+
+def test_device_choices_explain_a_missing_gpu(app):
+    values = [v for _, v in app.device_choices()]
+    assert values[0] == "cpu"
+    if torch.cuda.is_available():
+        assert "cuda:0" in values and devices.why_no_gpu() is None
+    else:
+        assert values == ["cpu"] and "Only the CPU" in devices.why_no_gpu()
+
+
+def test_variant_choices_list_main_variants_and_tiny_ones_with_weights(app, weights):
+    values = [v for _, v in app.variant_choices()]
+    assert values == ["s1", "s2", "s3", "s4"]
+    assert "no weights" in dict((v, label) for label, v in app.variant_choices())["s2"]
+    boxy_weights(weights, ("s050",))
+    try:
+        assert "s050" in [v for _, v in app.variant_choices()]
+    finally:
+        for f in weights.glob("s050.*"):
+            f.unlink()
+
+
+# ---------------------------------------------------------------- Video tab
+def test_detect_video_writes_browser_playable_h264_with_counts(app, clip):
+    path, summary, table = app.detect_video_file(str(clip), *SETTINGS, track=True)
+    with av.open(path) as c:
+        s = c.streams.video[0]
+        assert (s.codec_context.name, s.codec_context.pix_fmt) == ("h264", "yuv420p")
+        assert sum(1 for _ in c.decode(video=0)) == summary["frames"] == 6
+    assert summary["tracked"] and not summary["truncated"] and summary["processing_fps"] > 0
+    person = next(r for r in summary["counts"] if r["class"] == "person")
+    assert person["frames"] == 6 and person["max_in_frame"] >= 1 and person["tracks"] >= 1
+    assert list(table.columns) == ["class", "max_in_frame", "frames", "tracks"]
+
+
+def test_video_outputs_are_cleaned_up(app, clip):
+    path = app.detect_video_file(str(clip), *SETTINGS)[0]
+    assert path.startswith(str(app.output_dir()))
+    app.sweep_outputs(older_than_s=0)
+    assert not list(app.output_dir().iterdir())
+
+
+def _bad_videos(tmp_path, clip):
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    (tmp_path / "text.mp4").write_text("not a video\n")
+    (tmp_path / "truncated.mp4").write_bytes(
+        write_video(tmp_path / "whole.mp4", frames=6, faststart=False).read_bytes()[:3000])
+    with av.open(str(tmp_path / "audio.mp4"), "w") as out:  # an mp4 with sound and no picture
+        stream = out.add_stream("aac", rate=16000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 16000
+        out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    with av.open(str(tmp_path / "noframes.mp4"), "w") as out:  # a video stream with no frame in it
+        stream = out.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        out.start_encoding()
+    garbled = bytearray(write_video(tmp_path / "garbled.mp4", frames=6).read_bytes())
+    start = garbled.index(b"mdat") + 4  # keep the index, zero every frame
+    garbled[start:] = bytes(len(garbled) - start)
+    (tmp_path / "garbled.mp4").write_bytes(garbled)
+    return {
+        "empty.mp4": "empty",
+        "text.mp4": "not a video",
+        "truncated.mp4": "not a video",
+        "audio.mp4": "no video stream",
+        "noframes.mp4": "no video stream",
+        "garbled.mp4": "no frame that can be decoded",
+        write_video(tmp_path / "long.mp4", frames=3, fps=0.02).name: "limit is 60 s",
+        write_video(tmp_path / "wide.mp4", frames=1, size=(2000, 64)).name: "long side",
+    }
+
+
+def test_bad_videos_give_clear_errors_and_leave_no_files(app, tmp_path, clip):
+    for name, message in _bad_videos(tmp_path, clip).items():
+        with pytest.raises(gr.Error, match=message):
+            app.detect_video_file(str(tmp_path / name), *SETTINGS)
+    assert not list(app.output_dir().glob("*.mp4"))
+    with pytest.raises(gr.Error, match="upload a video"):
+        app.detect_video_file(None, *SETTINGS)
+
+
+def test_video_cut_off_part_way_keeps_the_frames_before(app, tmp_path):
+    whole = write_video(tmp_path / "whole.mp4", frames=12)  # faststart: the index comes first, frames after
+    with av.open(str(whole)) as c:
+        ninth = [p.pos for p in c.demux(video=0) if p.size][8]
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(whole.read_bytes()[:ninth + 10])  # breaks off inside the ninth frame
+    path, summary, _ = app.detect_video_file(str(cut), *SETTINGS)
+    assert 0 < summary["frames"] < 12 and summary["truncated"]
+    app.sweep_outputs(older_than_s=0)
+
+
+# ---------------------------------------------------------------- Webcam tab
+def test_webcam_frame_overlays_fps_and_keeps_state(app):
+    frame = np.asarray(Image.open(BUS).convert("RGB").resize((640, 480)))
+    out, state = app.webcam_frame(frame, None, *SETTINGS)
+    out, state = app.webcam_frame(frame, state, *SETTINGS)
+    assert out.shape == frame.shape and state["frames"] == 2 and state["fps"].fps > 0
+    assert not np.array_equal(out[-30:, :200], frame[-30:, :200])  # the overlay's corner
+
+
+def test_missing_webcam_frame_is_skipped_not_fatal(app):
+    out, state = app.webcam_frame(None, None, *SETTINGS)
+    assert out == gr.skip() and state is None  # the last picture stays
+
+
+# ---------------------------------------------------------------- Latency tab
+def test_latency_times_variants_and_baseline_side_by_side(app):
+    table, plot, shots, results = app.latency(str(BUS), ["s1"], "cpu", 320, runs=2, baseline=True)
+    assert list(table["model"]) == ["StarNet-S1", "YOLOv8n (untrained baseline)"]
+    assert {"runtime", "params (M)", "GFLOPs", "total ms (median / p90)"} <= set(table.columns)
+    assert set(plot["stage"]) == {"preprocess", "inference", "postprocess"} and len(plot) == 6
+    assert len(shots) == 2 and shots[0][0].shape == np.asarray(Image.open(BUS)).shape
+    assert all(r["runs"] == 2 and r["total_ms"] > 0 and r["total_ms_p90"] >= r["total_ms"] for r in results)
+    with pytest.raises(gr.Error, match="at least one"):
+        app.latency(str(BUS), [], "cpu", 320, runs=2, baseline=False)
+
+
+# ---------------------------------------------------------------- Star operation tab
+def test_star_maps_gallery(app):
+    items, info = app.star_maps(str(BUS), "s1", "2.7", 320, top_k=2)
+    assert len(items) == 1 + 3 * (1 + 2)
+    assert all(img.dtype == np.uint8 and img.ndim == 3 for img, _ in items)
+    # bus.jpg is 240 px wide in the 320 px square: 15 cells of stride 16, plus the two it cuts at its edges
+    assert info["block"] == "2.7" and info["shape_chw"][1:] == [20, 16]
+    assert len(info["energy"]["star"]) == info["shape_chw"][0]
+
+
+@pytest.mark.parametrize("shape_hw", [(1080, 810), (300, 451), (101, 997)])
+def test_star_maps_cover_the_picture_not_the_padding(shape_hw):
+    from starnet_demo.visualize import content_box, letterbox
+
+    boxed = letterbox(np.full((*shape_hw, 3), 255, np.uint8), 320)
+    ys, xs = np.nonzero(boxed[..., 0] == 255)
+    assert content_box(shape_hw, 320) == (ys.min(), xs.min(), np.ptp(ys) + 1, np.ptp(xs) + 1)
+
+
+def test_star_maps_blocks_follow_the_variant(app):
+    assert app.block_keys("s1")[-1] == "3.2" and app.block_keys("s4")[-1] == "3.4"
+    assert app.default_block("s4").startswith("2.")
+    with pytest.raises(gr.Error, match="not in s1"):
+        app.star_maps(str(BUS), "s1", "9.9", 320)
+
+
+def test_app_builds_with_every_tab(app):
+    demo = app.build_app()
+    names = {fn.api_name for fn in demo.fns.values()}
+    assert {"detect_image", "detect_video", "latency", "star_maps", "webcam"} <= names
+    assert len(list(EXAMPLES.glob("*.jpg"))) >= 5 and (EXAMPLES / "vtest.mp4").is_file()
