@@ -125,4 +125,4 @@ def blocks(backbone: StarNetBackbone) -> dict[str, nn.Module]:
 
 # Ultralytics resolves YAML module names in ``ultralytics.nn.tasks``' namespace; registering there is the supported
 # way to add a layer without editing ultralytics.
-setattr(tasks, "StarNetBackbone", StarNetBackbone)
+tasks.StarNetBackbone = StarNetBackbone

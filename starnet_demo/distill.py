@@ -39,7 +39,7 @@ def load_teacher(path: str, device: str = "cpu") -> DetectionModel:
 def feature_loss(student: Iterable[torch.Tensor], teacher: Iterable[torch.Tensor]) -> torch.Tensor:
     """Per level, the MSE divided by the target's variance: 1 for a constant guess, 0 for an exact copy."""
     losses = []
-    for s, t in zip(student, teacher):
+    for s, t in zip(student, teacher, strict=True):
         s, t = s.float(), t.float()
         losses.append(((s - t) ** 2).mean() / (t.var(dim=(0, 2, 3)).mean() + 1e-6))
     return torch.stack(losses)
@@ -64,7 +64,7 @@ class DistillStudent(DetectionModel):
         with torch.no_grad():
             targets = forward_layers(teacher, img, TEACHER_FEATURE_LAYERS)
         losses = feature_loss(forward_layers(self, img, ADAPTER_LAYERS), targets)
-        return losses * img.shape[0], dict(zip(LEVELS, losses.detach()))
+        return losses * img.shape[0], dict(zip(LEVELS, losses.detach(), strict=True))
 
 
 def _is_folded(bn: nn.BatchNorm2d) -> bool:
