@@ -32,9 +32,9 @@ from .latency import Samples
 from .model import BASELINE
 from .rewrite import REWRITES
 from .runtimes import (
-    DEFAULT_REWRITE,
     EXPORT_FORMATS,
     available_runtimes,
+    default_rewrite,
     is_cuda,
     precisions,
     quiet_ultralytics,
@@ -108,21 +108,21 @@ def machine_info(device: str) -> dict[str, Any]:
 
 
 def _combinations(variants: Iterable[str], runtimes: Iterable[str], device: str, precision_choice: str,
-                  rewrites: Iterable[str]) -> list[tuple[str, str, str, str]]:
+                  rewrites: list[str] | None) -> list[tuple[str, str, str, str]]:
+    """(variant, runtime, precision, rewrite) to measure; ``rewrites`` None: each runtime's default."""
     out = []
     for variant in variants:
         for runtime in runtimes:
             supported = precisions(runtime, device)
             chosen = (supported[:1] if precision_choice == "default" else supported if precision_choice == "all"
                       else [p for p in precision_choice.split(",") if p in supported])
-            for precision in chosen:
-                for rewrite in rewrites:
-                    if runtime == "ultralytics" and rewrite != rewrites[0]:
-                        continue  # ultralytics does its own fusing
-                    if runtime in EXPORT_FORMATS and rewrite == "none":
-                        continue  # the exporter always folds BatchNorms: "none" would equal "fold"
-                    out.append((variant, runtime, precision, "ultralytics fuse" if runtime == "ultralytics"
-                                else rewrite))
+            if runtime == "ultralytics":
+                todo = ["ultralytics fuse"]  # ultralytics folds BatchNorms itself
+            elif runtime in EXPORT_FORMATS:  # the exporter always folds BatchNorms: "none" would equal "fold"
+                todo = [r for r in rewrites or [default_rewrite(runtime)] if r != "none"]
+            else:
+                todo = rewrites or [default_rewrite(runtime)]
+            out += [(variant, runtime, precision, rewrite) for precision in chosen for rewrite in todo]
     return out
 
 
@@ -140,8 +140,7 @@ def bench(variants: list[str], runtimes: list[str] | None = None, device: str = 
     imgsz = check_imgsz(imgsz)
     runtimes = [resolve_runtime(r, device) for r in (runtimes or default_runtimes(device))]
     runtimes = list(dict.fromkeys(runtimes))
-    rewrites = rewrites or [DEFAULT_REWRITE]
-    bad = [r for r in rewrites if r not in REWRITES]
+    bad = [r for r in rewrites or [] if r not in REWRITES]
     if bad:
         raise ValueError(f"unknown rewrite(s) {bad}; choose from {', '.join(REWRITES)}")
     variants = list(dict.fromkeys([BASELINE, *variants]))
@@ -161,21 +160,23 @@ def bench(variants: list[str], runtimes: list[str] | None = None, device: str = 
         try:
             t0 = time.perf_counter()
             detector = Detector(variant, device, runtime, imgsz, precision,
-                                rewrite=rewrite if runtime != "ultralytics" else DEFAULT_REWRITE, allow_untrained=True)
+                                rewrite=None if runtime == "ultralytics" else rewrite, allow_untrained=True)
             record.update(load_s=round(time.perf_counter() - t0, 2), trained=detector.trained, image=image_path.name,
-                          auto=runtime == auto and precision == auto_precision and rewrite == DEFAULT_REWRITE)
+                          auto=runtime == auto and precision == auto_precision and rewrite == default_rewrite(runtime))
             samples = Samples(detector, rgb)
             samples.warm(warmup)
             live.append((record, samples))
         except Exception as e:  # one failing combination (e.g. a compiler missing on a GPU box) must not end the run
             _failed(record, e, log)
-    # Interleaved rounds: on a shared machine, load changes over a run; every combination sees the same mix.
+    # Interleaved rounds: on a shared machine, load changes over a run; every combination sees the same mix. Each
+    # round starts with one untimed call, which absorbs the previous runtime's thread pools winding down.
     rounds = max(1, min(5, runs))
     for k in range(rounds):
         n = runs // rounds + (1 if k < runs % rounds else 0)
         for record, samples in live:
             if "error" not in record:
                 try:
+                    samples.warm(1)
                     samples.run(n)
                 except Exception as e:
                     _failed(record, e, log)
@@ -184,14 +185,19 @@ def bench(variants: list[str], runtimes: list[str] | None = None, device: str = 
             continue
         record.update({k: v for k, v in samples.summary().items() if k not in record or k == "runs"})
         log(f"bench: {_label(record)}: inference {record['inference_ms']:.1f} ms, e2e {record['e2e_ms_median']:.1f} ms")
-        try:
-            if video:
+        if video:
+            try:
                 record.update(_video(samples.detector, video, video_frames, imgsz))
                 log(f"bench: {_label(record)}: video {record['video_fps']:.1f} FPS")
-            if accuracy:
+            except Exception as e:  # keep the latency figures; say why the video ones are missing
+                record["video_error"] = f"{type(e).__name__}: {e}"
+                log(f"bench: {_label(record)}: video failed: {record['video_error']}")
+        if accuracy:
+            try:
                 record.update(_accuracy(samples.detector, accuracy, imgsz))
-        except Exception as e:
-            _failed(record, e, log)
+            except Exception as e:
+                record["accuracy_error"] = f"{type(e).__name__}: {e}"
+                log(f"bench: {_label(record)}: accuracy failed: {record['accuracy_error']}")
     live.clear()
     gc.collect()
     if is_cuda(device):
@@ -251,19 +257,19 @@ class _RuntimeAsModule(nn.Module):
 
 
 def _map(detector: Detector, data: str | Path, imgsz: int) -> float:
-    """mAP50-95 through the detector's own runtime (square letterbox, batch 1, evaluate.py's conf and IoU)."""
+    """mAP50-95 through the detector's own runtime: ultralytics' validator, square letterbox, batch 1, and
+    ``evaluate.py``'s conf and IoU. (``evaluate.py`` itself validates in rect batches, a different letterbox; mixing the
+    two would show the protocol difference, -0.8 points on S1, as a runtime's loss.)"""
     from ultralytics.models.yolo.detect import DetectionValidator
 
+    args = {"data": str(data), "imgsz": imgsz, "batch": 1, "conf": 0.001, "iou": 0.7, "rect": False, "plots": False,
+            "verbose": False, "device": detector.device, "save_json": False, "task": "detect", "mode": "val"}
     with quiet_ultralytics():
-        if detector.runtime == "ultralytics":  # evaluate.py's own protocol: ultralytics' val on the PyTorch model
-            from .evaluate import evaluate
-
-            return evaluate(detector.model, str(data), imgsz=imgsz, batch=1, device=detector.device)["map50_95"]
-        args = {"data": str(data), "imgsz": imgsz, "batch": 1, "conf": 0.001, "iou": 0.7, "rect": False,
-                "plots": False, "verbose": False, "device": detector.device, "save_json": False, "task": "detect",
-                "mode": "val"}
         validator = DetectionValidator(args=args)
-        validator(model=_RuntimeAsModule(detector, imgsz))
+        if detector.runtime == "ultralytics":  # ultralytics' own AutoBackend on the PyTorch model
+            validator(model=detector.model)  # the validator works on its own copy
+        else:
+            validator(model=_RuntimeAsModule(detector, imgsz))
     return round(float(validator.metrics.box.map), 5)
 
 

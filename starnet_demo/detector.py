@@ -11,6 +11,7 @@ compiled runtimes' requests are thread-safe.
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from ultralytics.data.augment import LetterBox
 from ultralytics.utils import nms, ops
 
 from .model import BASELINE, as_yolo, build_model
-from .runtimes import DEFAULT_REWRITE, Backend, Progress, Shape, check_precision, is_cuda, load_backend, resolve_runtime
+from .runtimes import Backend, Progress, Shape, check_precision, default_rewrite, is_cuda, load_backend, resolve_runtime
 from .weights import WeightsError, load_weights, resolve_local
 
 STRIDE = 32
@@ -86,7 +87,8 @@ class Detector:
     """Thread-safe ``detect(image) -> (Detections, Timings)`` for one variant, device and runtime.
 
     ``runtime`` is one of ``runtimes.RUNTIMES`` or ``auto`` (the fastest for the device; ``self.runtime`` says which).
-    ``precision`` defaults to the runtime's default for the device (``self.precision``). ``progress(fraction, desc=…)``
+    ``precision`` defaults to the runtime's default for the device (``self.precision``), ``rewrite`` to the rewrites
+    that pay on the runtime (``runtimes.BEST_REWRITE``; ``rewrite.REWRITES``). ``progress(fraction, desc=…)``
     hears about export and compilation, which happen once per input shape (see ``prepare``).
 
     Inputs are letterboxed to a square ``imgsz``; ``detect(..., rect=True)`` letterboxes to the smallest rectangle
@@ -95,19 +97,19 @@ class Detector:
     """
 
     def __init__(self, variant: str, device: str = "cpu", runtime: str = "pytorch", imgsz: int = 640,
-                 precision: str | None = None, rewrite: str = DEFAULT_REWRITE, progress: Progress | None = None,
+                 precision: str | None = None, rewrite: str | None = None, progress: Progress | None = None,
                  allow_untrained: bool = False):
         self.device = normalise_device(device)
         self.runtime = resolve_runtime(runtime, self.device)
         self.precision = check_precision(self.runtime, self.device, precision)
-        self.variant, self.imgsz, self.rewrite = variant, check_imgsz(imgsz), rewrite
+        self.variant, self.imgsz, self.rewrite = variant, check_imgsz(imgsz), rewrite or default_rewrite(self.runtime)
         self.model, self.config = load_model(variant, allow_untrained)
         self.names: dict[int, str] = dict(self.model.names)
         self._backends: dict[Shape, Backend] = {}
         self._lock = threading.Lock()
         self._cuda = is_cuda(self.device)
         if self.runtime == "ultralytics":
-            self._yolo = as_yolo(self.model)
+            self._yolo = as_yolo(copy.deepcopy(self.model))  # its predictor fuses the model in place: keep ours intact
         else:
             self.prepare(self.imgsz, progress)
 

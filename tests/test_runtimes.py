@@ -95,14 +95,15 @@ def cpu_runtimes(with_ultralytics: bool = True) -> list[tuple[str, str]]:
     return out
 
 
+@pytest.mark.parametrize("rewrite", ["fold", "fold+merge"])
 @pytest.mark.parametrize(("runtime", "precision"), cpu_runtimes(with_ultralytics=False))
-def test_raw_outputs_match_eager_pytorch(env, runtime, precision):
+def test_raw_outputs_match_eager_pytorch(env, runtime, precision, rewrite):
     """fp32 runtimes agree with eager PyTorch to float rounding; bf16 to a fraction of a pixel on average."""
     model = random_model()
     image = LetterBox((IMGSZ, IMGSZ), auto=False)(image=rgb("bus.jpg"))
     with torch.no_grad():
         reference = model(torch.from_numpy(image.transpose(2, 0, 1).copy())[None].float() / 255)[0]
-    backend = load_backend(model, runtime, "cpu", IMGSZ, precision)
+    backend = load_backend(model, runtime, "cpu", IMGSZ, precision, rewrite)
     out = backend(backend.prepare(image)).float()
     assert out.shape == reference.shape
     box_error = (out[:, :4] - reference[:, :4]).abs()
