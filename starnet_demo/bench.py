@@ -204,6 +204,8 @@ def bench(variants: list[str], runtimes: list[str] | None = None, device: str = 
         torch.cuda.empty_cache()
     if accuracy:
         _accuracy_deltas(records)
+    if hasattr(os, "getloadavg"):
+        machine["load_avg_1min_end"] = round(os.getloadavg()[0], 2)
     for record in records:
         record["machine"] = machine
     return records
@@ -334,7 +336,8 @@ def to_markdown(records: list[dict[str, Any]]) -> str:
     where = m.get("gpu") if is_cuda(device) else f"{m['cpu']}, {m['logical_cores']} logical cores"
     head = (f"Measured on **{where}** ({device}), torch {m['torch']}, ultralytics {m.get('ultralytics', '–')}, "
             f"ONNX Runtime {m.get('onnxruntime', '–')}, OpenVINO {m.get('openvino', '–')}; "
-            f"load average {m.get('load_avg_1min', '–')} at the start. Image {records[0].get('image', '–')}, "
+            f"load average {m.get('load_avg_1min', '–')} at the start, {m.get('load_avg_1min_end', '–')} at the end. "
+            f"Image {records[0].get('image', '–')}, "
             f"{records[0]['imgsz']} px, batch 1; ms are medians (p90 for end-to-end).")
     cols = ["variant", "runtime", "precision", "rewrite", "pre ms", "infer ms", "post ms", "e2e ms", "e2e p90",
             "FPS", "video FPS", "peak MB", "mAP50-95 (Δ)"]
