@@ -158,6 +158,37 @@ def cmd_bench(args: argparse.Namespace) -> None:
         raise RuntimeError("every combination failed")
 
 
+def cmd_loadtest(args: argparse.Namespace) -> None:
+    from .loadtest import parse_mix, run, serve_app, write
+
+    def log(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    mix = parse_mix(args.mix)
+    if args.url:
+        report = run(args.url, args.users, args.duration, args.warmup, args.pid, args.variants, args.devices or ["cpu"],
+                     mix, args.imgsz, args.seed, log=log)
+    else:
+        from . import devices
+        from .hub import available_variants
+
+        variants = args.variants or [v for v in available_variants() if v in MAIN_VARIANTS] or ["s1"]
+        log("starting app.py on 127.0.0.1")
+        with serve_app(log=args.server_log) as server:
+            report = run(server.url, args.users, args.duration, args.warmup, server.pid, variants,
+                         args.devices or devices.available(), mix, args.imgsz, args.seed, log=log)
+            if not server.alive():
+                raise RuntimeError(f"the app died during the load test (see {args.server_log or 'its output'})")
+    path = write(report, args.out)
+    rss = report.get("rss_mb", {})
+    print(f"{report['done']} done, {report['failed']} failed in {report['duration_s']:.0f} s with {report['users']} "
+          f"users ({report['throughput_rps']} req/s); latency p50 {report['latency_s']['p50']} s, p95 "
+          f"{report['latency_s']['p95']} s; queue wait p95 {report['queue_wait_s']['p95']} s; RSS after warm-up "
+          f"{rss.get('after_warmup')} MB, end {rss.get('end')} MB, peak {rss.get('peak')} MB; wrote {path}")
+    if report["failed"] or report["load_requests"]["failed"]:
+        raise RuntimeError(f"{report['failed']} request(s) failed: {'; '.join(report['errors'][:3])}")
+
+
 def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
@@ -255,6 +286,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--accuracy", metavar="DATA_YAML", help="also mAP50-95 per runtime/precision vs PyTorch fp32")
     s.add_argument("--out", help="JSON path (markdown beside it); default runs/bench/bench-<device>.json")
     s.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("loadtest", help="N concurrent gradio_client users against the app for a bounded time, JSON")
+    s.add_argument("--url", help="a running app (default: start app.py on 127.0.0.1 and measure its memory too)")
+    s.add_argument("--pid", type=int, help="with --url: the server's process id, for the memory figures")
+    s.add_argument("--users", type=int, default=8)
+    s.add_argument("--duration", type=float, default=60, help="measured seconds (after the warm-up)")
+    s.add_argument("--warmup", type=float, default=10, help="seconds of load before measuring (models loaded first)")
+    s.add_argument("--variants", type=_variants, help="default: s1..s4 that have weights")
+    s.add_argument("--devices", type=_csv, help="default: every device the app offers (cpu with --url)")
+    s.add_argument("--mix", default="image=6,video=1,latency=1,star=1,webcam=1", help="request kinds and their weights")
+    s.add_argument("--imgsz", type=int, default=320)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--server-log", help="where the started app's output goes (default: discarded)")
+    s.add_argument("--out", default="runs/loadtest/loadtest.json")
+    s.set_defaults(func=cmd_loadtest)
     return p
 
 

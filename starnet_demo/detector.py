@@ -23,9 +23,10 @@ import torch
 from ultralytics.data.augment import LetterBox
 from ultralytics.utils import nms, ops
 
+from .hub import resolve
 from .model import BASELINE, as_yolo, build_model
 from .runtimes import Backend, Progress, Shape, check_precision, default_rewrite, is_cuda, load_backend, resolve_runtime
-from .weights import WeightsError, load_weights, resolve_local
+from .weights import WeightsError, load_weights
 
 STRIDE = 32
 MAX_IMGSZ = 1920
@@ -66,13 +67,14 @@ def rect_shape(image_hw: tuple[int, int], imgsz: int) -> Shape:
 
 
 def load_model(variant: str, allow_untrained: bool = False):
-    """(model, config) for a variant from the weights folder.
+    """(model, config) for a variant: the pinned Hub release, verified, else the weights folder (``hub.resolve``);
+    config ``source`` says which, ``notice`` why not the Hub (one line for the UI; None when it was used).
 
     Without weights, the YOLOv8n baseline (always) and any variant with ``allow_untrained`` (for timing only) are
     built untrained from a fixed seed, so that their exports are cached across processes; config ``trained`` is False.
     """
     try:
-        path = resolve_local(variant)
+        resolved = resolve(variant)
     except WeightsError:
         if variant != BASELINE and not allow_untrained:
             raise
@@ -80,7 +82,8 @@ def load_model(variant: str, allow_untrained: bool = False):
             torch.manual_seed(0)
             model = build_model(variant).eval()
         return model, {"variant": variant, "trained": False}
-    return load_weights(path)
+    model, config = load_weights(resolved.path)
+    return model, {**config, "source": resolved.source, "notice": resolved.notice}
 
 
 class Detector:
@@ -116,6 +119,11 @@ class Detector:
     @property
     def trained(self) -> bool:
         return self.config.get("trained", True)
+
+    @property
+    def notice(self) -> str | None:
+        """Why the weights are not the pinned Hub release (a fallback to local weights), or None."""
+        return self.config.get("notice")
 
     def __repr__(self) -> str:
         return f"Detector({self.variant}, {self.device}, {self.runtime}, {self.precision}, imgsz={self.imgsz})"

@@ -92,7 +92,8 @@ def probe(path: str | Path, max_bytes: int = MAX_BYTES, max_seconds: float = MAX
     except VideoError:
         raise
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as e:
-        reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        # FFmpeg's reason without the file name (on a server, a path in Gradio's cache); other errors' first line
+        reason = getattr(e, "strerror", None) or (str(e).splitlines() or [type(e).__name__])[0][:120]
         raise VideoError(f"{path.name} is not a video that can be read ({reason})") from None
     if info.width < 1 or info.height < 1:
         raise VideoError(f"{path.name} has a video stream with no picture size")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import timm
@@ -15,6 +17,8 @@ from ultralytics.nn.modules import Conv
 from starnet_demo import VARIANTS, StarNetBackbone, build_model, get_variant
 from starnet_demo.backbone import OUT_INDICES, blocks
 from starnet_demo.model import backbone
+
+ROOT = str(Path(__file__).resolve().parents[1])
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -47,7 +51,10 @@ for model in (DetectionModel(yaml, verbose=False), YOLO(yaml).model):
     assert model.stride.tolist() == [8.0, 16.0, 32.0], model.stride
 print("ok")
 """
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    # The repo root on the path, as pytest has it: CI runs from a clone without ``pip install -e .``.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env,
+                          timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().endswith("ok")
 
