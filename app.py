@@ -78,11 +78,27 @@ and their product for one block, the channels with the most energy (mean square)
 
 
 # ---------------------------------------------------------------- shared plumbing: choices, validation, errors
+def variant_label(variant: str) -> str:
+    """``StarNet-S1 · mAP50 0.34``: the held-out figure from the weights config, so that a user who picks a weak
+    variant knows it before its boxes disappoint; "no weights yet" when there are none."""
+    config = weight_files(variant)[1]
+    if not config.is_file():
+        return f"StarNet-{variant.upper()} (no weights yet)"
+    try:
+        metrics = read_config(config).get("metrics") or {}
+    except WeightsError:
+        return f"StarNet-{variant.upper()} (unreadable weights)"
+    map50, teacher = metrics.get("map50"), metrics.get("teacher_map50")
+    if map50 is None:
+        return f"StarNet-{variant.upper()}"
+    weak = " (undertrained)" if teacher and map50 < 0.25 * teacher else ""
+    return f"StarNet-{variant.upper()} · mAP50 {map50:.2f}{weak}"
+
+
 def variant_choices() -> list[tuple[str, str]]:
     """S1…S4 always (a missing one says so when used), the tiny variants only when their weights exist."""
     have = {v for v in VARIANTS if weight_files(v)[1].is_file()}
-    return [(f"StarNet-{v.upper()}" + ("" if v in have else " (no weights yet)"), v)
-            for v in VARIANTS if v in MAIN_VARIANTS or v in have]
+    return [(variant_label(v), v) for v in VARIANTS if v in MAIN_VARIANTS or v in have]
 
 
 def device_choices() -> list[tuple[str, str]]:

@@ -18,6 +18,7 @@ from PIL import Image
 
 from starnet_demo import devices
 from starnet_demo.detector import clear_detectors
+from starnet_demo.weights import record_metrics
 
 SETTINGS = ("s1", "cpu", 0.25, 0.45, 320)
 
@@ -173,6 +174,17 @@ def test_variant_choices_list_main_variants_and_tiny_ones_with_weights(app, weig
     finally:
         for f in weights.glob("s050.*"):
             f.unlink()
+
+
+def test_variant_labels_give_the_held_out_map_and_flag_undertrained_weights(app, tmp_path, monkeypatch):
+    folder = boxy_weights(tmp_path, ("s1", "s2", "s3"))
+    teacher = {"teacher_map50": 0.56}
+    record_metrics(folder / "s1.json", {"map50": 0.337, **teacher})
+    record_metrics(folder / "s2.json", {"map50": 0.0004, **teacher})
+    monkeypatch.setenv("STARNET_WEIGHTS_DIR", str(folder))
+    labels = {v: label for label, v in app.variant_choices()}
+    assert labels == {"s1": "StarNet-S1 · mAP50 0.34", "s2": "StarNet-S2 · mAP50 0.00 (undertrained)",
+                      "s3": "StarNet-S3", "s4": "StarNet-S4 (no weights yet)"}
 
 
 # ---------------------------------------------------------------- Video tab
