@@ -1,7 +1,8 @@
 """Batch-1 GPU latency of the detectors' networks: eager fp32/fp16, channels-last, CUDA graphs, and batch-32 fp16.
 
 Network only (no decode, letterbox or NMS), fused, 640 px, CUDA events around each call. Writes JSON records.
-Run on a CUDA machine: ``python scripts/gpu_latency.py --out gpu_latency.json [--weights weights]``.
+Run on a CUDA machine, from the repo root:
+``PYTHONPATH=. python scripts/gpu_latency.py --out gpu_latency.json [--weights weights]``.
 """
 
 from __future__ import annotations

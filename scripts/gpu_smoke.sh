@@ -22,4 +22,4 @@ python3 -m starnet_demo train --variant s1 --stage distill --teacher $S/teacher.
   --time-min ${SMOKE_MIN:-0.35} --name s1-distill $common
 python3 -m starnet_demo train --variant s1 --stage finetune --weights $S/runs/s1-distill/export/s1.json \
   --imgsz ${FIMG:-640} --time-min ${SMOKE_MIN:-0.35} --name s1-finetune $common
-python3 scripts/gpu_latency.py --variants yolov8n,s1 --runs 30 --warmup 5 --out $OUT/gpu_latency_smoke.json
+PYTHONPATH=$PWD python3 scripts/gpu_latency.py --variants yolov8n,s1 --runs 30 --warmup 5 --out $OUT/gpu_latency_smoke.json
