@@ -458,7 +458,7 @@ def build_app() -> gr.Blocks:
             device = gr.Dropdown(device_choices(), value="cpu", label="Device",
                                  info=devices.why_no_gpu() or "GPU out of memory or busy: runs on the CPU instead.")
             runtime = gr.Dropdown(runtime_choices(), value="pytorch", label="Runtime",
-                                  info="auto: OpenVINO on CPU, CUDA graphs on GPU. ONNX/OpenVINO export on first use.")
+                                  info="auto: ONNX Runtime on CPU, CUDA graphs on GPU. Exported on first use.")
             classes = gr.Dropdown(sorted(COCO_NAMES.values()), value=[], multiselect=True, label="Only these classes")
         with gr.Row():
             conf = gr.Slider(0.01, 1.0, value=0.25, step=0.01, label="Confidence")

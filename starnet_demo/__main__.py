@@ -149,7 +149,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
             raise FileNotFoundError(f"{label} not found: {path}")
     records = bench(args.variants, args.runtimes, device=args.device, imgsz=args.imgsz, runs=args.runs,
                     warmup=args.warmup, image=args.image, video=video, video_frames=args.video_frames,
-                    precision_choice=args.precisions, rewrites=args.rewrites, accuracy=args.accuracy,
+                    precision_choice=args.precisions, rewrites=args.rewrites, accuracy=args.accuracy, busy=args.busy,
                     log=lambda line: print(line, file=sys.stderr, flush=True))
     json_path, md_path = write(records, args.out or f"runs/bench/bench-{args.device.replace(':', '')}.json")
     print(to_markdown(records))
@@ -284,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--video", help="video for the end-to-end pipeline (default: first video in examples/; 'none')")
     s.add_argument("--video-frames", type=int, default=150)
     s.add_argument("--accuracy", metavar="DATA_YAML", help="also mAP50-95 per runtime/precision vs PyTorch fp32")
+    s.add_argument("--busy", type=int, default=0, metavar="N",
+                   help="N busy-loop processes compete for the CPU while timing (a shared machine)")
     s.add_argument("--out", help="JSON path (markdown beside it); default runs/bench/bench-<device>.json")
     s.set_defaults(func=cmd_bench)
 

@@ -16,9 +16,11 @@ import gc
 import json
 import os
 import platform
+import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +109,19 @@ def machine_info(device: str) -> dict[str, Any]:
     return info
 
 
+@contextlib.contextmanager
+def busy_cores(n: int) -> Iterator[None]:
+    """``n`` processes that spin on a core each while the block runs: a shared CPU (a Space's neighbours, other
+    requests, video decode and encode), on which runtimes that pin or spin their threads slow down the most."""
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        yield
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+
+
 def _combinations(variants: Iterable[str], runtimes: Iterable[str], device: str, precision_choice: str,
                   rewrites: list[str] | None) -> list[tuple[str, str, str, str]]:
     """(variant, runtime, precision, rewrite) to measure; ``rewrites`` None: each runtime's default."""
@@ -129,10 +144,12 @@ def _combinations(variants: Iterable[str], runtimes: Iterable[str], device: str,
 def bench(variants: list[str], runtimes: list[str] | None = None, device: str = "cpu", imgsz: int = 640,
           runs: int = 20, warmup: int = 3, image: str | Path | None = None, video: str | Path | None = None,
           video_frames: int = 150, precision_choice: str = "default", rewrites: list[str] | None = None,
-          accuracy: str | Path | None = None, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+          accuracy: str | Path | None = None, busy: int = 0,
+          log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Measure every variant (YOLOv8n first) × runtime × precision × rewrite; returns the records.
 
     ``runtimes`` may include ``auto`` (resolved for the device); each record says whether it is ``auto``'s choice.
+    ``busy`` busy-loop processes compete for the CPU during the timed rounds and the video runs (``busy_cores``).
     """
     device = normalise_device(device)
     if is_cuda(device) and not torch.cuda.is_available():
@@ -148,7 +165,7 @@ def bench(variants: list[str], runtimes: list[str] | None = None, device: str = 
     auto_precision = precisions(auto, device)[0]
     image_path = Path(image) if image else default_image()
     rgb = read_rgb(image_path)
-    machine = machine_info(device)
+    machine = {**machine_info(device), "busy_processes": busy}
     records: list[dict[str, Any]] = []
     live: list[tuple[dict[str, Any], Samples]] = []
     for variant, runtime, precision, rewrite in _combinations(variants, runtimes, device, precision_choice,
@@ -171,33 +188,37 @@ def bench(variants: list[str], runtimes: list[str] | None = None, device: str = 
     # Interleaved rounds: on a shared machine, load changes over a run; every combination sees the same mix. Each
     # round starts with one untimed call, which absorbs the previous runtime's thread pools winding down.
     rounds = max(1, min(5, runs))
-    for k in range(rounds):
-        n = runs // rounds + (1 if k < runs % rounds else 0)
+    with busy_cores(busy):
+        for k in range(rounds):
+            n = runs // rounds + (1 if k < runs % rounds else 0)
+            for record, samples in live:
+                if "error" not in record:
+                    try:
+                        samples.warm(1)
+                        samples.run(n)
+                    except Exception as e:
+                        _failed(record, e, log)
         for record, samples in live:
-            if "error" not in record:
+            if "error" in record:
+                continue
+            record.update({k: v for k, v in samples.summary().items() if k not in record or k == "runs"})
+            log(f"bench: {_label(record)}: inference {record['inference_ms']:.1f} ms, "
+                f"e2e {record['e2e_ms_median']:.1f} ms")
+            if video:
                 try:
-                    samples.warm(1)
-                    samples.run(n)
-                except Exception as e:
-                    _failed(record, e, log)
-    for record, samples in live:
+                    record.update(_video(samples.detector, video, video_frames, imgsz))
+                    log(f"bench: {_label(record)}: video {record['video_fps']:.1f} FPS")
+                except Exception as e:  # keep the latency figures; say why the video ones are missing
+                    record["video_error"] = f"{type(e).__name__}: {e}"
+                    log(f"bench: {_label(record)}: video failed: {record['video_error']}")
+    for record, samples in live if accuracy else ():
         if "error" in record:
             continue
-        record.update({k: v for k, v in samples.summary().items() if k not in record or k == "runs"})
-        log(f"bench: {_label(record)}: inference {record['inference_ms']:.1f} ms, e2e {record['e2e_ms_median']:.1f} ms")
-        if video:
-            try:
-                record.update(_video(samples.detector, video, video_frames, imgsz))
-                log(f"bench: {_label(record)}: video {record['video_fps']:.1f} FPS")
-            except Exception as e:  # keep the latency figures; say why the video ones are missing
-                record["video_error"] = f"{type(e).__name__}: {e}"
-                log(f"bench: {_label(record)}: video failed: {record['video_error']}")
-        if accuracy:
-            try:
-                record.update(_accuracy(samples.detector, accuracy, imgsz))
-            except Exception as e:
-                record["accuracy_error"] = f"{type(e).__name__}: {e}"
-                log(f"bench: {_label(record)}: accuracy failed: {record['accuracy_error']}")
+        try:
+            record.update(_accuracy(samples.detector, accuracy, imgsz))
+        except Exception as e:
+            record["accuracy_error"] = f"{type(e).__name__}: {e}"
+            log(f"bench: {_label(record)}: accuracy failed: {record['accuracy_error']}")
     live.clear()
     gc.collect()
     if is_cuda(device):
@@ -336,7 +357,8 @@ def to_markdown(records: list[dict[str, Any]]) -> str:
     where = m.get("gpu") if is_cuda(device) else f"{m['cpu']}, {m['logical_cores']} logical cores"
     head = (f"Measured on **{where}** ({device}), torch {m['torch']}, ultralytics {m.get('ultralytics', '–')}, "
             f"ONNX Runtime {m.get('onnxruntime', '–')}, OpenVINO {m.get('openvino', '–')}; "
-            f"load average {m.get('load_avg_1min', '–')} at the start, {m.get('load_avg_1min_end', '–')} at the end. "
+            f"load average {m.get('load_avg_1min', '–')} at the start, {m.get('load_avg_1min_end', '–')} at the end"
+            f"{f'; {busy} busy-loop processes competing (--busy)' if (busy := m.get('busy_processes')) else ''}. "
             f"Image {records[0].get('image', '–')}, "
             f"{records[0]['imgsz']} px, batch 1; ms are medians (p90 for end-to-end).")
     cols = ["variant", "runtime", "precision", "rewrite", "pre ms", "infer ms", "post ms", "e2e ms", "e2e p90",

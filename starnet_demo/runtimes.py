@@ -39,8 +39,11 @@ from .rewrite import optimise
 Progress = Callable[..., Any]
 
 RUNTIMES = ("pytorch", "cudagraph", "compile", "onnxruntime", "openvino", "ultralytics")
-#: ``auto`` takes the first available of these; the order follows the benchmark (OpenVINO is fastest on CPU).
-AUTO_ORDER = {"cpu": ("openvino", "onnxruntime", "pytorch"), "cuda": ("cudagraph", "pytorch")}
+#: ``auto`` takes the first available of these; the order follows the benchmark. On the 2-core CPU, S1 at 640 px
+#: (inference ms, median): ONNX Runtime 57.7, OpenVINO fp32 63.2 (``docs/bench/cpu.md``); with one core kept busy
+#: (``bench --busy 1``) 57.1 against 84.5, and video 19.2 against 6.9 FPS. A shared CPU (a Space, concurrent
+#: requests, video decode and encode threads) is the normal case, so ONNX Runtime comes first.
+AUTO_ORDER = {"cpu": ("onnxruntime", "openvino", "pytorch"), "cuda": ("cudagraph", "pytorch")}
 EXPORT_FORMATS = {"onnxruntime": "onnx", "openvino": "openvino"}
 #: The rewrites that pay on each runtime (measured by ``bench --rewrites fold,fold+merge``): eager PyTorch gains from
 #: one merged f1/f2 convolution; ONNX Runtime and OpenVINO lose by it, as their compilers already fuse ReLU6 and the
@@ -331,6 +334,9 @@ class OnnxRuntimeBackend:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
+        # Idle intra-op threads sleep instead of spinning: spinning won ~10% on an idle CPU but lost 1.5-2x when another
+        # process or request held a core (S1: 38 -> 41 ms idle, 78-99 -> 52-66 ms with one core busy).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if is_cuda(device) else ["CPUExecutionProvider"]
         self.session = ort.InferenceSession(str(path), options, providers=providers)
         self.input_name = self.session.get_inputs()[0].name

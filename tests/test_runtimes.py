@@ -13,10 +13,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import cv2
 import numpy as np
+import psutil
 import pytest
 import supervision as sv
 import torch
@@ -26,6 +28,7 @@ from ultralytics.data.augment import LetterBox
 from ultralytics.utils import ASSETS
 
 from starnet_demo import __main__ as cli
+from starnet_demo.bench import busy_cores
 from starnet_demo.detector import Detector, clear_detectors, get_detector
 from starnet_demo.latency import measure
 from starnet_demo.model import BASELINE, COCO_NAMES, build_model
@@ -169,7 +172,7 @@ def test_class_filter_and_rect_mode(trained, reference):
 
 def test_auto_and_explicit_names_share_one_detector(env):
     auto = resolve_runtime("auto", "cpu")
-    assert auto == ("openvino" if unavailable_reason("openvino", "cpu") is None else "onnxruntime")
+    assert auto == "onnxruntime"
     assert get_detector("s050", "cpu", "auto", IMGSZ) is get_detector("s050", "cpu", auto, IMGSZ)
 
 
@@ -233,6 +236,28 @@ def test_bench_cli_writes_records_and_markdown(env, tmp_path, capsys):
     assert all(keys <= r.keys() for r in records)
     assert "| variant | runtime |" in out.with_suffix(".md").read_text()
     assert "end-to-end per image" not in capsys.readouterr().out  # no auto runtime measured, so no such ratio
+
+
+def test_busy_cores_compete_while_timing_and_are_gone_after(env, tmp_path):
+    """``--busy 1``: a spinning process shares the CPU during the timed runs (the bench's process gets less of it),
+    the records and the markdown say so, and no spinner outlives the bench."""
+    def children() -> set[int]:
+        return {p.pid for p in psutil.Process().children(recursive=True)}
+
+    before = children()
+    with busy_cores(1):
+        spinners = [psutil.Process(pid) for pid in children() - before]
+        assert len(spinners) == 1
+        spinners[0].cpu_percent()
+        time.sleep(0.5)
+        assert spinners[0].cpu_percent() > 50  # it really spins
+    assert children() == before
+    out = tmp_path / "busy.json"
+    assert cli.main(["bench", "--variants", "s050", "--runtimes", "pytorch", "--imgsz", "64", "--runs", "1",
+                     "--warmup", "0", "--video", "none", "--busy", "1", "--out", str(out)]) == 0
+    assert {r["machine"]["busy_processes"] for r in json.loads(out.read_text())} == {1}
+    assert "1 busy-loop processes competing" in out.with_suffix(".md").read_text()
+    assert children() == before
 
 
 def test_bench_cli_fails_in_one_line(env, capsys):
