@@ -108,20 +108,26 @@ def _tail(path: Path, lines: int = 5) -> str:
 
 
 # ---------------------------------------------------------------- the users
-def write_clip(path: Path, frames: int = 8, size: tuple[int, int] = (320, 240), fps: int = 10) -> Path:
-    """A short H.264 clip panning across ultralytics' bus.jpg: the "short video" of the mix."""
+def write_video(path: Path, frames: int = 8, size: tuple[int, int] = (320, 240), fps: float = 10,
+                faststart: bool = True) -> Path:
+    """A short H.264 clip panning across ultralytics' bus.jpg (people and a bus): the "short video" of the mix, and
+    the tests' clips."""
+    from fractions import Fraction
+
     import av
     from PIL import Image
     from ultralytics.utils import ASSETS
 
     w, h = size
-    src = np.asarray(Image.open(ASSETS / "bus.jpg").convert("RGB").resize((w * 2, h)))
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=fps)
+    src = np.asarray(Image.open(ASSETS / "bus.jpg").convert("RGB").resize((w * 2, h * 2)))
+    options = {"movflags": "+faststart"} if faststart else {}
+    with av.open(str(path), "w", options=options) as out:
+        stream = out.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         for i in range(frames):
-            frame = np.ascontiguousarray(src[:, i * 8 % w: i * 8 % w + w])
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+            x = (i * 8) % w
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(src[h // 2: h // 2 + h, x: x + w]), format="rgb24")
+            out.mux(stream.encode(frame))
         out.mux(stream.encode(None))
     return path
 
@@ -149,7 +155,7 @@ class Users:
         self.variants, self.devices, self.imgsz = list(variants), list(devices), imgsz
         self.kinds, self.weights = list(mix), [float(w) for w in mix.values()]
         self.images = [ASSETS / "bus.jpg", ASSETS / "zidane.jpg"]
-        self.clip = write_clip(media / "clip.mp4")
+        self.clip = write_video(media / "clip.mp4")
         self.frame = media / "frame.jpg"  # what the webcam tab asks the browser for: 640×480
         Image.open(ASSETS / "bus.jpg").convert("RGB").resize((640, 480)).save(self.frame)
 

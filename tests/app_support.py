@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import socket
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
 from PIL import Image
 
 from starnet_demo.detector import clear_detectors
+from starnet_demo.loadtest import free_port, write_video  # noqa: F401 (the tests import write_video from here)
 from starnet_demo.model import build_model
 from starnet_demo.weights import save_weights
 
@@ -53,23 +51,6 @@ def boxy_weights(folder: Path, variants: tuple[str, ...] = ("s1",)) -> Path:
     return folder
 
 
-def write_video(path: Path, frames: int = 8, size: tuple[int, int] = (320, 240), fps: float = 10,
-                faststart: bool = True) -> Path:
-    """A short H.264 clip panning across bus.jpg (people and a bus), made with PyAV."""
-    w, h = size
-    src = np.asarray(Image.open(BUS).convert("RGB").resize((w * 2, h * 2)))
-    options = {"movflags": "+faststart"} if faststart else {}
-    with av.open(str(path), "w", options=options) as out:
-        stream = out.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        for i in range(frames):
-            x = (i * 8) % w
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(src[h // 2: h // 2 + h, x: x + w]), format="rgb24")
-            out.mux(stream.encode(frame))
-        out.mux(stream.encode(None))
-    return path
-
-
 def write_y4m(path: Path, frames: int = 30, size: tuple[int, int] = (640, 480), fps: int = 20) -> Path:
     """A Y4M clip (what Chromium's fake camera plays) of bus.jpg sliding sideways, 4:2:0."""
     import cv2
@@ -96,12 +77,6 @@ def png_header_only(path: Path, width: int, height: int) -> Path:
     data[ihdr + 17: ihdr + 21] = zlib.crc32(bytes(data[ihdr: ihdr + 17])).to_bytes(4, "big")
     path.write_bytes(bytes(data))
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager
