@@ -334,8 +334,8 @@ class OnnxRuntimeBackend:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
-        # Idle intra-op threads sleep instead of spinning: spinning won ~10% on an idle CPU but lost 1.5-2x when another
-        # process or request held a core (S1: 38 -> 41 ms idle, 78-99 -> 52-66 ms with one core busy).
+        # Idle intra-op threads sleep instead of spinning: spinning threads hold the cores that other requests, video
+        # decode and encode, and a Space's neighbours need, and wait longest when one of those holds a core.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if is_cuda(device) else ["CPUExecutionProvider"]
         self.session = ort.InferenceSession(str(path), options, providers=providers)
