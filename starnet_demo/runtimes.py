@@ -40,14 +40,17 @@ Progress = Callable[..., Any]
 
 RUNTIMES = ("pytorch", "cudagraph", "compile", "onnxruntime", "openvino", "ultralytics")
 #: ``auto`` takes the first available of these; the order follows the benchmark. On the 2-core CPU, S1 at 640 px
-#: (inference ms, median): ONNX Runtime 57.7, OpenVINO fp32 63.2 (``docs/bench/cpu.md``); with one core kept busy
-#: (``bench --busy 1``) 57.1 against 84.5, and video 19.2 against 6.9 FPS. A shared CPU (a Space, concurrent
+#: (inference ms, median): on an idle CPU OpenVINO fp32 is faster, 41.6 against ONNX Runtime's 53.6
+#: (``docs/bench/cpu-rewrites.md``); with a little load (``docs/bench/cpu.md``) 63.2 against 57.7; with one core kept
+#: busy (``bench --busy 1``) 84.5 against 57.1, and video 6.9 against 19.2 FPS. A shared CPU (a Space, concurrent
 #: requests, video decode and encode threads) is the normal case, so ONNX Runtime comes first.
 AUTO_ORDER = {"cpu": ("onnxruntime", "openvino", "pytorch"), "cuda": ("cudagraph", "pytorch")}
 EXPORT_FORMATS = {"onnxruntime": "onnx", "openvino": "openvino"}
-#: The rewrites that pay on each runtime (measured by ``bench --rewrites fold,fold+merge``): eager PyTorch gains from
-#: one merged f1/f2 convolution; ONNX Runtime and OpenVINO lose by it, as their compilers already fuse ReLU6 and the
-#: star product into the two separate convolutions, which a merged convolution followed by a split prevents.
+#: The rewrites per runtime (``bench --rewrites none,fold,fold+merge``, ``docs/bench/cpu-rewrites.md``): one merged
+#: f1/f2 convolution slows ONNX Runtime and OpenVINO (S1 53.6 -> 61.7 and 41.6 -> 49.7 ms), as their compilers fuse
+#: ReLU6 and the star product into the two separate convolutions, which a merged convolution and a split prevent. On
+#: eager PyTorch on the CPU it is neutral (155.0 / 155.5 ms); it stays the PyTorch default because it halves the 1x1
+#: convolution launches that bound batch-1 GPU inference (not yet measured on a GPU).
 BEST_REWRITE = {"onnxruntime": "fold", "openvino": "fold"}
 
 
