@@ -8,6 +8,7 @@
 #   PLAN      "variants:minutes" groups, one python process each; minutes per stage, comma-separated
 #   STAGES    distill, or distill,finetune                                  [distill]
 #   START     folder of earlier weights to continue from (e.g. weights), optional
+#   EXTRA     more train flags, e.g. "--freeze-bn --reestimate-bn" for weights trained with small batches
 set -euo pipefail
 ROOT=${ROOT:-../shared/datasets}
 TEACHER=${TEACHER:-../shared/teachers/yolov8n-coco.safetensors}
@@ -20,5 +21,5 @@ for group in $PLAN; do
   python3 -m starnet_demo train --variant "$variants" --stage "$STAGES" --teacher "$TEACHER" \
     ${START:+--weights "$START"} --data "$PROJECT/data/data.yaml" --time-min "$minutes" \
     --imgsz "${IMGSZ:-512}" --batch "${BATCH:-64}" --workers "${WORKERS:-14}" --cache ram \
-    --device "${DEVICE:-0}" --project "$PROJECT" --set exist_ok=True
+    --device "${DEVICE:-0}" --project "$PROJECT" ${EXTRA:-} --set exist_ok=True
 done

@@ -65,7 +65,8 @@ def cmd_train(args: argparse.Namespace) -> None:
             name = f"{args.name}-{variant}-{stage}" if args.name else None
             weights = str(train(variant, args.data, stage=stage, weights=weights, teacher=args.teacher,
                                 pretrained=args.pretrained or False, resume=args.resume, project=args.project,
-                                name=name, **overrides))
+                                name=name, freeze_bn=args.freeze_bn, reestimate_bn=args.reestimate_bn,
+                                **overrides))
             print(weights, flush=True)
 
 
@@ -223,6 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--teacher", help="YOLOv8n state dict (safetensors) to distil from and take the neck/head of")
     s.add_argument("--pretrained", help="ImageNet backbone weights: 'timm' or a local file")
     s.add_argument("--resume", help="an ultralytics last.pt to resume")
+    s.add_argument("--freeze-bn", action="store_true",
+                   help="distill with BatchNorm statistics fixed (eval mode): for continuing with small batches")
+    s.add_argument("--reestimate-bn", action="store_true",
+                   help="before distilling, set the student's BatchNorm statistics to its eval-mode inputs")
     s.add_argument("--epochs", type=int)
     s.add_argument("--time-min", help="time budget in minutes (overrides --epochs); one per stage, comma-separated")
     s.add_argument("--imgsz", help="training image size; one per stage, comma-separated")

@@ -4,7 +4,9 @@ Stages (each one run of ultralytics' ``DetectionTrainer``, so AMP, EMA, resuming
 DDP with ``device=0,1,2,3`` all come from ultralytics):
 
 * ``distill``: the student takes the teacher's SPPF, neck and head (frozen) and learns to reproduce the teacher's
-  P3/P4/P5 maps; no labels are needed.
+  P3/P4/P5 maps; no labels are needed. ``freeze_bn`` keeps BatchNorm statistics fixed: use it to continue from
+  trained weights with small batches. ``reestimate_bn`` first resets the student's statistics to its eval-mode
+  inputs (``distill.reestimate_bn``), for weights whose eval mode has drifted from their train mode.
 * ``finetune``: end-to-end detection training on labels (ground truth plus pseudo-labels). Folded BatchNorms taken
   from the teacher are recalibrated first, so that train mode starts from the eval-mode function.
 
@@ -29,7 +31,7 @@ from ultralytics.nn.tasks import DetectionModel
 from ultralytics.utils import DEFAULT_CFG
 from ultralytics.utils.patches import torch_load
 
-from .distill import DistillStudent, recalibrate_bn
+from .distill import DistillStudent, recalibrate_bn, reestimate_bn
 from .model import build_model, init_from_teacher
 from .weights import load_weights, save_weights
 
@@ -77,7 +79,8 @@ def _describe_data(data: dict) -> dict[str, list[str] | str]:
 
 
 def initial_model(variant: str, stage: str, data: dict, *, weights: str | None, teacher: str | None,
-                  pretrained: bool | str, imgsz: int) -> tuple[DetectionModel, list[dict]]:
+                  pretrained: bool | str, imgsz: int, freeze_bn: bool = False,
+                  reestimate: bool = False) -> tuple[DetectionModel, list[dict]]:
     """The model a stage starts from, and the recipe that produced it."""
     recipe: list[dict] = []
     if weights:
@@ -97,6 +100,9 @@ def initial_model(variant: str, stage: str, data: dict, *, weights: str | None, 
         if not teacher:
             raise ValueError("the distill stage needs --teacher (a YOLOv8n state dict in safetensors)")
         model.teacher_path = str(Path(teacher).resolve())
+        model.freeze_bn = freeze_bn
+        if reestimate:
+            reestimate_bn(model, _calibration_batches(data, imgsz), model.model[: FROZEN_IN_DISTILL[0]])
     else:
         recalibrate_bn(model, _calibration_batches(data, imgsz))
     return model, recipe
@@ -104,7 +110,8 @@ def initial_model(variant: str, stage: str, data: dict, *, weights: str | None, 
 
 def train(variant: str, data: str, *, stage: str = "finetune", weights: str | None = None,
           teacher: str | None = None, pretrained: bool | str = False, resume: str | None = None,
-          project: str = "runs/starnet", name: str | None = None, **overrides: Any) -> Path:
+          project: str = "runs/starnet", name: str | None = None, freeze_bn: bool = False,
+          reestimate_bn: bool = False, **overrides: Any) -> Path:
     """Run one stage; returns the config path of the weights it wrote (``<run>/export/<variant>.json``).
 
     ``overrides`` are ultralytics train arguments (``epochs``, ``imgsz``, ``batch``, ``device``, ``time``, ``amp``,
@@ -112,6 +119,10 @@ def train(variant: str, data: str, *, stage: str = "finetune", weights: str | No
     """
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
+    if (freeze_bn or reestimate_bn) and stage != "distill":
+        raise ValueError("freeze_bn and reestimate_bn apply to the distill stage only")
+    if reestimate_bn and not weights:
+        raise ValueError("reestimate_bn needs trained weights to start from")
     started = time.time()
     if resume:
         ckpt_args = torch_load(resume, map_location="cpu")["train_args"]
@@ -124,7 +135,8 @@ def train(variant: str, data: str, *, stage: str = "finetune", weights: str | No
         data_dict = check_det_dataset(data_yaml)
         imgsz = int(overrides.get("imgsz", 640))
         model, recipe_base = initial_model(variant, stage, data_dict, weights=weights, teacher=teacher,
-                                           pretrained=pretrained, imgsz=imgsz)
+                                           pretrained=pretrained, imgsz=imgsz, freeze_bn=freeze_bn,
+                                           reestimate=reestimate_bn)
         args = {**STAGE_DEFAULTS[stage], "plots": False, **overrides, "data": data_yaml,
                 "project": str(Path(project).resolve()), "name": name or f"{variant}-{stage}",
                 "model": str(model.yaml["yaml_file"])}
@@ -153,5 +165,8 @@ def train(variant: str, data: str, *, stage: str = "finetune", weights: str | No
         "seconds": round(time.time() - started, 1),
         "val_metrics": metrics,
     }
+    if freeze_bn or reestimate_bn:
+        step["batchnorm"] = ", then ".join(x for x, on in (("re-estimated in eval mode", reestimate_bn),
+                                                          ("frozen (eval mode)", freeze_bn)) if on)
     return save_weights(final, trainer.save_dir / "export", {"recipe": [*recipe_base, step], "imgsz":
                                                              trainer.args.imgsz})

@@ -18,7 +18,7 @@ from ultralytics.data.utils import check_det_dataset
 from starnet_demo import BASELINE, as_yolo, build_model
 from starnet_demo.__main__ import main
 from starnet_demo.data import prepare_data
-from starnet_demo.distill import feature_loss, recalibrate_bn
+from starnet_demo.distill import feature_loss, recalibrate_bn, reestimate_bn
 from starnet_demo.train import train
 from starnet_demo.weights import load_weights
 
@@ -74,6 +74,39 @@ def test_finetune_after_distill_detection_loss_falls(distilled, shapes_data, tmp
     model, config = load_weights(out)
     assert [step["stage"] for step in config["recipe"]] == ["distill", "finetune"]
     assert model.names == {0: "rectangle", 1: "ellipse"}
+
+
+def test_distill_with_frozen_bn_keeps_statistics_and_trains_the_rest(distilled, shapes_data, teacher_file, tmp_path):
+    start, _ = load_weights(distilled)
+    out = train("s050", str(shapes_data), stage="distill", weights=str(distilled), teacher=str(teacher_file),
+                project=str(tmp_path), name="frozen-bn", epochs=3, freeze_bn=True, **OVERFIT)
+    model, config = load_weights(out)
+    assert config["recipe"][-1]["batchnorm"] == "frozen (eval mode)"
+    before, after = start.state_dict(), model.state_dict()
+    stats = [k for k in before if k.endswith(("running_mean", "running_var"))]
+    assert stats and all(torch.equal(before[k], after[k]) for k in stats)
+    backbone = [k for k in before if k.startswith("model.0.") and k.endswith("conv.weight")]
+    assert any(not torch.equal(before[k], after[k]) for k in backbone)
+
+
+def test_frozen_bn_student_keeps_batchnorms_in_eval_mode():
+    from starnet_demo.distill import DistillStudent
+
+    model = build_model("s050", cls=DistillStudent)
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert all(bn.training for bn in model.train().modules())
+    model.freeze_bn = True
+    model.train()
+    assert model.training and model.model[0].training and not any(bn.training for bn in bns)
+
+
+def test_cli_refuses_frozen_bn_outside_distill(shapes_data, tmp_path, capsys):
+    assert main(["train", "--variant", "s050", "--stage", "finetune", "--freeze-bn", "--data", str(shapes_data),
+                 "--project", str(tmp_path)]) == 2
+    assert "freeze_bn and reestimate_bn apply to the distill stage only" in capsys.readouterr().err
+    assert main(["train", "--variant", "s050", "--stage", "distill", "--reestimate-bn", "--data", str(shapes_data),
+                 "--project", str(tmp_path)]) == 2
+    assert "reestimate_bn needs trained weights" in capsys.readouterr().err
 
 
 def test_as_yolo_trains_the_given_model(shapes_data, tmp_path):
@@ -161,6 +194,33 @@ def test_recalibrate_bn_keeps_eval_function_and_takes_real_statistics(only_folde
     for bn, values in untouched.items():
         assert all(torch.equal(a, b) for a, b in zip(values, (bn.weight, bn.bias, bn.running_mean, bn.running_var),
                                                          strict=True))
+
+
+def test_reestimate_bn_takes_eval_mode_input_statistics_in_scope_only(bus_tensor):
+    model = build_model("s050").eval()
+    _fold_half(model)  # statistics that match nothing
+    scope = model.model[:7]
+    inside = [m for m in scope.modules() if isinstance(m, nn.BatchNorm2d)]
+    outside = {m: (m.running_mean.clone(), m.running_var.clone()) for m in model.modules()
+               if isinstance(m, nn.BatchNorm2d) and all(m is not b for b in inside)}
+    torch.manual_seed(2)
+    batches = [bus_tensor[..., :128, :128].repeat(2, 1, 1, 1), torch.rand(3, 3, 128, 128)]
+
+    assert reestimate_bn(model, batches, scope) == len(inside)
+    assert not model.training
+    inputs: dict[nn.Module, list[torch.Tensor]] = {bn: [] for bn in inside}
+    handles = [bn.register_forward_pre_hook(lambda m, a: inputs[m].append(a[0].double())) for bn in inside]
+    with torch.no_grad():
+        for b in batches:
+            model(b)
+    for h in handles:
+        h.remove()
+    for bn in inside:  # the inputs it sees deployed, with everything upstream re-estimated too
+        x = torch.cat([t.permute(1, 0, 2, 3).reshape(t.shape[1], -1) for t in inputs[bn]], dim=1)
+        torch.testing.assert_close(bn.running_mean.double(), x.mean(dim=1), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(bn.running_var.double(), x.var(dim=1, unbiased=False), rtol=1e-4, atol=1e-5)
+    assert outside and all(torch.equal(m.running_mean, mean) and torch.equal(m.running_var, var)
+                           for m, (mean, var) in outside.items())
 
 
 def test_recalibrate_bn_nothing_folded_is_a_no_op():
