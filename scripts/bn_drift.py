@@ -4,7 +4,7 @@ Distillation optimises the train-mode function (BatchNorms use batch statistics)
 statistics). Star blocks multiply two branches, so a small mismatch can grow block after block. This prints, per
 weights file, the normalised feature loss on P3/P4/P5 in each mode on letterboxed images, and writes it to JSON.
 
-    PYTHONPATH=. python scripts/bn_drift.py weights/s1.json weights/s2.json \
+    PYTHONPATH=. python scripts/bn_drift.py weights/s1.json "s2 before=old/s2.json" \
         --images ../shared/datasets/coco-mini/images/val --out docs/training/bn-drift.json
 """
 
@@ -35,7 +35,7 @@ def batch(images: Path, n: int, imgsz: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def drift(path: str, x: torch.Tensor, targets: list[torch.Tensor]) -> dict:
+def drift(label: str, path: str, x: torch.Tensor, targets: list[torch.Tensor]) -> dict:
     model, config = load_weights(path)
     model = model.float().eval()
     evaluated = feature_loss(forward_layers(model, x, ADAPTER_LAYERS), targets)
@@ -44,14 +44,15 @@ def drift(path: str, x: torch.Tensor, targets: list[torch.Tensor]) -> dict:
             m.train()
             m.momentum = 0.0  # batch statistics, running ones left as they are
     trained = feature_loss(forward_layers(model, x, ADAPTER_LAYERS), targets)
-    return {"weights": str(path), "variant": config["variant"], "sha256": sha256_file(Path(path).with_suffix(
-        ".safetensors")), "eval_mode": dict(zip(LEVELS, evaluated.tolist(), strict=True)),
-        "train_mode": dict(zip(LEVELS, trained.tolist(), strict=True))}
+    return {"label": label, "weights": str(path), "variant": config["variant"],
+            "sha256": sha256_file(Path(path).with_suffix(".safetensors")),
+            "eval_mode": dict(zip(LEVELS, evaluated.tolist(), strict=True)),
+            "train_mode": dict(zip(LEVELS, trained.tolist(), strict=True))}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("weights", nargs="+", help="weights .json files")
+    p.add_argument("weights", nargs="+", help="weights .json files, each optionally LABEL=PATH")
     p.add_argument("--images", required=True, type=Path)
     p.add_argument("--teacher", default="../shared/teachers/yolov8n-coco.safetensors")
     p.add_argument("--imgsz", type=int, default=640)
@@ -62,10 +63,11 @@ def main() -> None:
     with torch.no_grad():
         targets = forward_layers(load_teacher(str(Path(args.teacher).resolve())), x, TEACHER_FEATURE_LAYERS)
     records = []
-    for path in args.weights:
-        r = drift(path, x, targets)
+    for item in args.weights:
+        label, _, path = item.rpartition("=")
+        r = drift(label or path, path, x, targets)
         records.append(r)
-        print(f"{path}: eval mode {r['eval_mode']}  train mode {r['train_mode']}", flush=True)
+        print(f"{r['label']}: eval mode {r['eval_mode']}  train mode {r['train_mode']}", flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"images": str(args.images), "n": len(x), "imgsz": args.imgsz,

@@ -159,6 +159,19 @@ def _fold_half(model: nn.Module) -> list[nn.BatchNorm2d]:
     return folded
 
 
+def _bn_inputs(model: nn.Module, bns: list[nn.BatchNorm2d], batches: list[torch.Tensor]) -> dict:
+    """Each BatchNorm's inputs over the batches in eval mode, as a (channels, values) float64 matrix."""
+    inputs: dict[nn.Module, list[torch.Tensor]] = {bn: [] for bn in bns}
+    handles = [bn.register_forward_pre_hook(lambda m, a: inputs[m].append(a[0].double())) for bn in bns]
+    with torch.no_grad():
+        for b in batches:
+            model(b)
+    for h in handles:
+        h.remove()
+    return {bn: torch.cat([t.permute(1, 0, 2, 3).reshape(t.shape[1], -1) for t in ts], dim=1)
+            for bn, ts in inputs.items()}
+
+
 @pytest.mark.parametrize("only_folded", [True, False])
 def test_recalibrate_bn_keeps_eval_function_and_takes_real_statistics(only_folded, bus_tensor):
     model = build_model(BASELINE).eval()
@@ -173,13 +186,7 @@ def test_recalibrate_bn_keeps_eval_function_and_takes_real_statistics(only_folde
         before = [model(b)[0] for b in batches]
 
     # Each BatchNorm's real inputs (unchanged by the recalibration, since everything upstream keeps its function).
-    inputs: dict[nn.Module, list[torch.Tensor]] = {bn: [] for bn in changed}
-    handles = [bn.register_forward_pre_hook(lambda m, a: inputs[m].append(a[0].double())) for bn in changed]
-    with torch.no_grad():
-        for b in batches:
-            model(b)
-    for h in handles:
-        h.remove()
+    inputs = _bn_inputs(model, changed, batches)
 
     assert recalibrate_bn(model, iter(batches), only_folded=only_folded) == len(changed)
     assert not model.training
@@ -188,9 +195,8 @@ def test_recalibrate_bn_keeps_eval_function_and_takes_real_statistics(only_folde
             got = model(b)[0]
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
     for bn in changed:
-        x = torch.cat([t.permute(1, 0, 2, 3).reshape(t.shape[1], -1) for t in inputs[bn]], dim=1)
-        torch.testing.assert_close(bn.running_mean.double(), x.mean(dim=1), rtol=1e-4, atol=1e-4)
-        torch.testing.assert_close(bn.running_var.double(), x.var(dim=1, unbiased=False), rtol=1e-3, atol=1e-4)
+        torch.testing.assert_close(bn.running_mean.double(), inputs[bn].mean(dim=1), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(bn.running_var.double(), inputs[bn].var(dim=1, unbiased=False), rtol=1e-3, atol=1e-4)
     for bn, values in untouched.items():
         assert all(torch.equal(a, b) for a, b in zip(values, (bn.weight, bn.bias, bn.running_mean, bn.running_var),
                                                          strict=True))
@@ -208,17 +214,10 @@ def test_reestimate_bn_takes_eval_mode_input_statistics_in_scope_only(bus_tensor
 
     assert reestimate_bn(model, batches, scope) == len(inside)
     assert not model.training
-    inputs: dict[nn.Module, list[torch.Tensor]] = {bn: [] for bn in inside}
-    handles = [bn.register_forward_pre_hook(lambda m, a: inputs[m].append(a[0].double())) for bn in inside]
-    with torch.no_grad():
-        for b in batches:
-            model(b)
-    for h in handles:
-        h.remove()
-    for bn in inside:  # the inputs it sees deployed, with everything upstream re-estimated too
-        x = torch.cat([t.permute(1, 0, 2, 3).reshape(t.shape[1], -1) for t in inputs[bn]], dim=1)
-        torch.testing.assert_close(bn.running_mean.double(), x.mean(dim=1), rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(bn.running_var.double(), x.var(dim=1, unbiased=False), rtol=1e-4, atol=1e-5)
+    inputs = _bn_inputs(model, inside, batches)  # what each sees deployed, everything upstream re-estimated too
+    for bn in inside:
+        torch.testing.assert_close(bn.running_mean.double(), inputs[bn].mean(dim=1), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(bn.running_var.double(), inputs[bn].var(dim=1, unbiased=False), rtol=1e-4, atol=1e-5)
     assert outside and all(torch.equal(m.running_mean, mean) and torch.equal(m.running_var, var)
                            for m, (mean, var) in outside.items())
 
