@@ -122,7 +122,9 @@ def precisions(runtime: str, device: str = "cpu") -> tuple[str, ...]:
     """Precisions a runtime supports on a device, the default first: the fastest that passes the accuracy guard.
 
     OpenVINO's bf16 is offered but not the default: on the held-out split it cost S1 0.56 points of mAP50-95 against
-    fp32 (YOLOv8n: 0.15), over the 0.5-point guard (``bench --accuracy``), although it runs about 1.7x faster.
+    fp32 (YOLOv8n: 0.15), over the 0.5-point guard (``bench --accuracy``), although it runs about 1.7x faster. S1
+    weights trained with frozen BatchNorms lose only 0.07 points (``docs/bench/cpu-guard-s1.md``); the default
+    waits for the other variants' guard.
     """
     if is_cuda(device):
         return ("fp16", "fp32") if runtime != "onnxruntime" else ("fp32",)
