@@ -11,10 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 from pathlib import Path
 
-from app_support import EXAMPLES, ROOT, write_y4m
+from app_support import EXAMPLES, ROOT, stream_webcam, write_y4m
 from gradio_client import Client, handle_file
 from playwright.sync_api import sync_playwright
 
@@ -33,24 +32,11 @@ def webcam_fps(browser, url: str, variant: str, runtime: str, seconds: float = 2
     page.get_by_role("option", name=f"StarNet-{variant.upper()}").click()
     page.get_by_label("Runtime").click()
     page.get_by_role("option", name=runtime, exact=True).click()
-    page.get_by_role("tab", name="Webcam").click()
-    page.get_by_text("Click to Access Webcam").click()
-    page.locator("button:visible", has_text="Record").first.click()
-    out = page.locator("#webcam-out img")
-    out.wait_for(timeout=120_000)
-    seen: dict[str, float] = {}
-    start = time.monotonic()
-    while time.monotonic() - start < seconds:
-        src = out.get_attribute("src")
-        if src and src not in seen:
-            seen[src] = time.monotonic()
-        time.sleep(0.01)
+    frames, fps = stream_webcam(page, seconds, timeout_ms=120_000)
     shot = SHOTS / f"webcam_{variant}_{runtime}.png"
     page.screenshot(path=str(shot))
     page.close()
-    stamps = sorted(seen.values())
-    fps = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else 0.0
-    return {"kind": "webcam", "variant": variant, "runtime": runtime, "frames_back": len(stamps),
+    return {"kind": "webcam", "variant": variant, "runtime": runtime, "frames_back": frames,
             "fps": round(fps, 2), "screenshot": str(shot.relative_to(ROOT))}
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import time
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -99,3 +100,22 @@ def serve(weights_dir: Path, cache_dir: Path) -> Iterator[tuple[object, str]]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def stream_webcam(page, seconds: float, timeout_ms: int = 60_000) -> tuple[int, float]:
+    """Start the Webcam tab's stream (Chromium's fake camera) and watch it; returns (annotated frames back, FPS)."""
+    page.get_by_role("tab", name="Webcam").click()
+    page.get_by_text("Click to Access Webcam").click()
+    page.locator("button:visible", has_text="Record").first.click()
+    out = page.locator("#webcam-out img")
+    out.wait_for(timeout=timeout_ms)
+    seen: dict[str, float] = {}
+    start = time.monotonic()
+    while time.monotonic() - start < seconds:
+        src = out.get_attribute("src")
+        if src and src not in seen:
+            seen[src] = time.monotonic()
+        time.sleep(0.01)
+    stamps = sorted(seen.values())
+    fps = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else 0.0
+    return len(stamps), fps

@@ -11,12 +11,11 @@ from __future__ import annotations
 import io
 import json
 import os
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from app_support import BUS, ROOT, boxy_weights, serve, write_y4m
+from app_support import BUS, ROOT, boxy_weights, serve, stream_webcam, write_y4m
 from PIL import Image
 from playwright.sync_api import sync_playwright
 
@@ -86,25 +85,12 @@ def test_fake_webcam_streams_annotated_frames(browser, url, variant):
     if variant != "s1":
         page.get_by_label("Variant").click()
         page.get_by_role("option", name=f"StarNet-{variant.upper()}").click()
-    page.get_by_role("tab", name="Webcam").click()
-    page.get_by_text("Click to Access Webcam").click()
-    page.locator("button:visible", has_text="Record").first.click()
-    out = page.locator("#webcam-out img")
-    out.wait_for(timeout=60_000)
-    seen: dict[str, float] = {}
-    start = time.monotonic()
-    while time.monotonic() - start < STREAM_S:
-        src = out.get_attribute("src")
-        if src and src not in seen:
-            seen[src] = time.monotonic()
-        time.sleep(0.01)
+    frames, fps = stream_webcam(page, STREAM_S)
     page.screenshot(path=str(ARTIFACTS / f"webcam_{variant}.png"))
     frame = fetch_image(page, "#webcam-out img")
-    stamps = sorted(seen.values())
-    fps = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else 0.0
     (ARTIFACTS / f"webcam_{variant}.json").write_text(json.dumps({
-        "variant": variant, "frames_back": len(stamps), "seconds": round(STREAM_S, 1), "fps": round(fps, 2),
+        "variant": variant, "frames_back": frames, "seconds": round(STREAM_S, 1), "fps": round(fps, 2),
         "camera": "Chromium fake camera, 640x480 Y4M", "weights": "random init + P5 person bias (tests)",
         "imgsz": 640, "screenshot": str(ARTIFACTS / f"webcam_{variant}.png")}, indent=2) + "\n")
-    assert len(stamps) >= 2, "no annotated frames came back from the webcam stream"
+    assert frames >= 2, "no annotated frames came back from the webcam stream"
     assert frame.shape == (480, 640, 3) and box_pixels(frame) > 200
