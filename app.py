@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import tempfile
+import threading
 import time
 import uuid
 import weakref
@@ -38,7 +39,7 @@ from starnet_demo.detector import Detector, get_detector
 from starnet_demo.images import MAX_PIXELS, ImageError, read_image
 from starnet_demo.latency import measure
 from starnet_demo.model import BASELINE, COCO_NAMES
-from starnet_demo.runtimes import available_runtimes, unavailable_reason
+from starnet_demo.runtimes import available_runtimes, precisions, resolve_runtime, unavailable_reason
 from starnet_demo.video import MAX_BYTES, MAX_SECONDS, MAX_SIDE, VideoError, detect_video
 from starnet_demo.visualize import capture, gallery
 from starnet_demo.weights import WeightsError, local_dir, read_config, weight_files
@@ -64,6 +65,7 @@ OUTPUT_KEEP_S = 300  # results are copied into Gradio's cache when returned; our
 #   closes, for up to 10,000 sessions (1.5 GB) by default; the load test's RSS crept up with each new session. 1000
 #   bounds it at 150 MB, far above the visitors one such machine serves at once; the oldest idle sessions go first.
 WORKERS, WEBCAM_STREAMS, STREAM_LIMIT_S, QUEUE_MAX, SESSIONS = 2, 1, 60, 48, 1000
+WEBCAM_W, WEBCAM_H = 640, 480  # what the Webcam tab asks the camera for
 log = logging.getLogger("app")
 _told: weakref.WeakSet[Detector] = weakref.WeakSet()  # detectors whose weights notice was shown
 STAR_TEXT = """
@@ -108,6 +110,12 @@ def device_choices() -> list[tuple[str, str]]:
 def runtime_choices() -> list[str]:
     """``auto`` (the fastest for the device) and every runtime some device here can run."""
     return ["auto", *dict.fromkeys(r for d in devices.available() for r in available_runtimes(d))]
+
+
+def auto_info() -> str:
+    """What ``auto`` means on this machine's CPU (OpenVINO bf16 where the CPU runs bf16 natively)."""
+    cpu = resolve_runtime("auto", "cpu")
+    return f"auto: {cpu} {precisions(cpu, 'cpu')[0]} on CPU, CUDA graphs on GPU. Exported on first use."
 
 
 @contextmanager
@@ -459,8 +467,8 @@ def build_app() -> gr.Blocks:
             variant = gr.Dropdown(variant_choices(), value="s1", label="Variant")
             device = gr.Dropdown(device_choices(), value="cpu", label="Device",
                                  info=devices.why_no_gpu() or "GPU out of memory or busy: runs on the CPU instead.")
-            runtime = gr.Dropdown(runtime_choices(), value="pytorch", label="Runtime",
-                                  info="auto: ONNX Runtime on CPU, CUDA graphs on GPU. Exported on first use.")
+            runtime = gr.Dropdown(runtime_choices(), value="auto", label="Runtime",
+                                  info=auto_info())
             classes = gr.Dropdown(sorted(COCO_NAMES.values()), value=[], multiselect=True, label="Only these classes")
         with gr.Row():
             conf = gr.Slider(0.01, 1.0, value=0.25, step=0.01, label="Confidence")
@@ -511,7 +519,7 @@ def build_app() -> gr.Blocks:
             with gr.Row():
                 cam = gr.Image(sources=["webcam"], streaming=True, type="numpy", label="Camera",
                                webcam_options=gr.WebcamOptions(mirror=False, constraints={
-                                   "video": {"width": {"ideal": 640}, "height": {"ideal": 480}}}))
+                                   "video": {"width": {"ideal": WEBCAM_W}, "height": {"ideal": WEBCAM_H}}}))
                 cam_out = gr.Image(label="Detections", format="jpeg", elem_id="webcam-out")
             cam_state = gr.State(None)
             cam.stream(webcam_frame, [cam, cam_state, *settings, classes, runtime], [cam_out, cam_state],
@@ -569,6 +577,20 @@ def launch(demo: gr.Blocks, **kwargs):
                        state_session_capacity=SESSIONS, **kwargs)
 
 
+def warm_up(variant: str = "s1") -> threading.Thread:
+    """Export and load the default settings' detector in the background, for images and for the webcam's rect
+    frames, so the first visitor does not wait for either export."""
+    def load():
+        try:
+            get_detector(variant, "cpu", "auto").prepare(image_hw=(WEBCAM_H, WEBCAM_W))
+        except Exception as e:  # no weights, no runtime: the first request says why, as a gr.Error
+            log.warning("warm-up of %s skipped: %s", variant, e)
+
+    thread = threading.Thread(target=load, name="warm-up", daemon=True)
+    thread.start()
+    return thread
+
+
 if __name__ == "__main__":
     # One intra-op thread per worker: WORKERS requests and a webcam stream keep the cores busy already, and two-thread
     # ops stall whenever something else holds the other core. Measured as above: 1.65 -> 3.25 requests/s, p95 4.6 ->
@@ -578,4 +600,5 @@ if __name__ == "__main__":
     # A stop (SIGTERM, as a Space restart sends) closes the app, so that Gradio deletes the files it cached for
     # requests and the interpreter exits normally (atexit deletes our results folder) instead of being killed.
     signal.signal(signal.SIGTERM, lambda *_: app.close())
+    warm_up()
     launch(app)

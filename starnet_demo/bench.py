@@ -178,7 +178,8 @@ def bench(variants: list[str], runtimes: list[str] | None = None, device: str = 
             t0 = time.perf_counter()
             detector = Detector(variant, device, runtime, imgsz, precision,
                                 rewrite=None if runtime == "ultralytics" else rewrite, allow_untrained=True)
-            record.update(load_s=round(time.perf_counter() - t0, 2), trained=detector.trained, image=image_path.name,
+            record.update(load_s=round(time.perf_counter() - t0, 2), trained=detector.trained,
+                          weights_sha256=detector.config.get("sha256"), image=image_path.name,
                           auto=runtime == auto and precision == auto_precision and rewrite == default_rewrite(runtime))
             samples = Samples(detector, rgb)
             samples.warm(warmup)

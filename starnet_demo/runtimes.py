@@ -40,11 +40,14 @@ Progress = Callable[..., Any]
 
 RUNTIMES = ("pytorch", "cudagraph", "compile", "onnxruntime", "openvino", "ultralytics")
 #: ``auto`` takes the first available of these; the order follows the benchmark. On the 2-core CPU, S1 at 640 px
-#: (inference ms, median): on an idle CPU OpenVINO fp32 is faster, 41.6 against ONNX Runtime's 53.6
-#: (``docs/bench/cpu-rewrites.md``); with a little load (``docs/bench/cpu.md``) 63.2 against 57.7; with one core kept
-#: busy (``bench --busy 1``) 84.5 against 57.1, and video 6.9 against 19.2 FPS. A shared CPU (a Space, concurrent
-#: requests, video decode and encode threads) is the normal case, so ONNX Runtime comes first.
-AUTO_ORDER = {"cpu": ("onnxruntime", "openvino", "pytorch"), "cuda": ("cudagraph", "pytorch")}
+#: (inference ms, median; ``docs/bench/cpu.md`` idle, ``docs/bench/cpu-busy1.md`` with one core kept busy): where
+#: the CPU runs bf16 natively (AMX or AVX512-BF16), OpenVINO bf16 is fastest either way, 21.8 and 39.7 against ONNX
+#: Runtime's 46.4 and 66.1 (video 25.8 against 18.1 FPS on the busy CPU), and passes the accuracy guard (see
+#: ``precisions``). Without native bf16, OpenVINO fp32 wins only on an idle CPU (39.8 against 46.4); on the busy one
+#: it loses (71.5 against 66.1, video 16.1 against 18.1 FPS), and a shared CPU (a Space, concurrent requests, video
+#: decode and encode threads) is the normal case, so ONNX Runtime leads there.
+AUTO_ORDER = {"cpu": ("onnxruntime", "openvino", "pytorch"), "cpu-bf16": ("openvino", "onnxruntime", "pytorch"),
+              "cuda": ("cudagraph", "pytorch")}
 EXPORT_FORMATS = {"onnxruntime": "onnx", "openvino": "openvino"}
 #: The rewrites per runtime (``bench --rewrites none,fold,fold+merge``, ``docs/bench/cpu-rewrites.md``): one merged
 #: f1/f2 convolution slows ONNX Runtime and OpenVINO (S1 53.6 -> 61.7 and 41.6 -> 49.7 ms), as their compilers fuse
@@ -108,7 +111,8 @@ def available_runtimes(device: str = "cpu") -> list[str]:
 def resolve_runtime(runtime: str, device: str = "cpu") -> str:
     """``auto`` → the fastest runtime available for the device; any other name is checked and returned."""
     if runtime == "auto":
-        for candidate in AUTO_ORDER[_kind(device)]:
+        kind = _kind(device)
+        for candidate in AUTO_ORDER["cpu-bf16" if kind == "cpu" and openvino_cpu_bf16() else kind]:
             if unavailable_reason(candidate, device) is None:
                 return candidate
         raise RuntimeError(f"no runtime available for {device}")
@@ -121,15 +125,15 @@ def resolve_runtime(runtime: str, device: str = "cpu") -> str:
 def precisions(runtime: str, device: str = "cpu") -> tuple[str, ...]:
     """Precisions a runtime supports on a device, the default first: the fastest that passes the accuracy guard.
 
-    OpenVINO's bf16 is offered but not the default: on the held-out split it cost S1 0.56 points of mAP50-95 against
-    fp32 (YOLOv8n: 0.15), over the 0.5-point guard (``bench --accuracy``), although it runs about 1.7x faster. S1
-    weights trained with frozen BatchNorms lose only 0.07 points (``docs/bench/cpu-guard-s1.md``); the default
-    waits for the other variants' guard.
+    OpenVINO's bf16 (where the CPU runs it natively) costs every shipped variant at most 0.5 points of mAP50-95 on
+    the held-out split against fp32 (``bench --precisions all --accuracy``, ``docs/bench/cpu.md``) and runs about 2x
+    faster, so it is the default. New weights need that guard rerun: the first S1 weights, trained with BatchNorms in
+    train mode on the CPU, lost 0.56 points and would have kept fp32.
     """
     if is_cuda(device):
         return ("fp16", "fp32") if runtime != "onnxruntime" else ("fp32",)
     if runtime == "openvino" and openvino_cpu_bf16():
-        return "fp32", "bf16"
+        return "bf16", "fp32"
     return ("fp32",)
 
 

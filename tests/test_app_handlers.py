@@ -18,6 +18,7 @@ from PIL import Image
 
 from starnet_demo import devices
 from starnet_demo.detector import clear_detectors
+from starnet_demo.runtimes import EXPORT_FORMATS, resolve_runtime
 from starnet_demo.weights import record_metrics
 
 SETTINGS = ("s1", "cpu", 0.25, 0.45, 320)
@@ -123,6 +124,19 @@ def test_runtime_the_device_cannot_run_is_refused(app):
     assert app.runtime_choices()[:2] == ["auto", "pytorch"]
     with pytest.raises(gr.Error, match="cannot run on cpu"):
         app.detect_image(str(BUS), *SETTINGS, runtime="cudagraph")
+
+
+def test_warm_up_exports_and_loads_the_default_detector(app, caplog, monkeypatch, tmp_path):
+    monkeypatch.setenv("STARNET_EXPORT_DIR", str(tmp_path))
+    clear_detectors()
+    app.warm_up("s1").join(timeout=600)
+    auto = resolve_runtime("auto", "cpu")
+    exported = {p.name.split("-")[2] for p in tmp_path.glob(f"s1-{EXPORT_FORMATS[auto]}-*") if p.is_dir()}
+    assert exported == {"640", "480x640"}  # the default square and the webcam's 640x480 frames
+    assert "warm-up" not in caplog.text
+    app.warm_up("s2").join(timeout=600)  # no s2 weights here: a warning, not a crash
+    assert "warm-up of s2 skipped: no weights for s2" in caplog.text
+    clear_detectors()  # the others use the default export folder
 
 
 # ---------------------------------------------------------------- devices

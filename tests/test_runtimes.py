@@ -28,11 +28,19 @@ from ultralytics.data.augment import LetterBox
 from ultralytics.utils import ASSETS
 
 from starnet_demo import __main__ as cli
+from starnet_demo import runtimes
 from starnet_demo.bench import busy_cores
 from starnet_demo.detector import Detector, clear_detectors, get_detector
 from starnet_demo.latency import measure
 from starnet_demo.model import BASELINE, COCO_NAMES, build_model
-from starnet_demo.runtimes import export, load_backend, precisions, resolve_runtime, unavailable_reason
+from starnet_demo.runtimes import (
+    export,
+    load_backend,
+    openvino_cpu_bf16,
+    precisions,
+    resolve_runtime,
+    unavailable_reason,
+)
 from starnet_demo.weights import EMBEDDED_DIR, save_weights
 
 IMGSZ = 320
@@ -172,8 +180,31 @@ def test_class_filter_and_rect_mode(trained, reference):
 
 def test_auto_and_explicit_names_share_one_detector(env):
     auto = resolve_runtime("auto", "cpu")
-    assert auto == "onnxruntime"
-    assert get_detector("s050", "cpu", "auto", IMGSZ) is get_detector("s050", "cpu", auto, IMGSZ)
+    assert auto == ("openvino" if openvino_cpu_bf16() else "onnxruntime")
+    assert precisions(auto, "cpu")[0] == ("bf16" if openvino_cpu_bf16() else "fp32")
+    detector = get_detector("s050", "cpu", "auto", IMGSZ)
+    assert detector is get_detector("s050", "cpu", auto, IMGSZ)
+    assert detector.precision == precisions(auto, "cpu")[0]
+
+
+def test_every_shipped_weights_file_passed_the_bf16_guard():
+    """OpenVINO's bf16 default rests on the committed CPU benchmark: each weights/ file, by its sha256, lost at most
+    0.5 points of mAP50-95 there against fp32. New weights without a rerun (``bench --precisions all --accuracy``)
+    fail here."""
+    records = json.loads((Path(__file__).resolve().parents[1] / "docs" / "bench" / "cpu.json").read_text())
+    for path in sorted(EMBEDDED_DIR.glob("*.json")):
+        config = json.loads(path.read_text())
+        guard = [r for r in records if r["runtime"] == "openvino" and r["precision"] == "bf16"
+                 and r.get("weights_sha256") == config["sha256"]]
+        assert guard, f"{path.name}: no OpenVINO bf16 accuracy record for sha256 {config['sha256'][:12]}"
+        assert all(r["accuracy_ok"] and r["map50_95_delta"] >= -0.005 for r in guard), guard
+
+
+def test_auto_without_native_bf16_prefers_onnxruntime(monkeypatch):
+    """Without native bf16 OpenVINO runs fp32, which loses to ONNX Runtime on a shared CPU (``runtimes.AUTO_ORDER``)."""
+    monkeypatch.setattr(runtimes, "openvino_cpu_bf16", lambda: False)
+    assert resolve_runtime("auto", "cpu") == "onnxruntime"
+    assert precisions("openvino", "cpu") == ("fp32",)
 
 
 def test_bad_settings_are_refused(env):
