@@ -19,44 +19,44 @@ import numpy as np
 
 from starnet_demo.bench import machine_info
 from starnet_demo.detector import load_model
-from starnet_demo.model import BASELINE, TEACHER_OFFSET
-from starnet_demo.runtimes import export
+from starnet_demo.model import ADAPTER_LAYERS, BASELINE, TEACHER_FIRST_SHARED, TEACHER_OFFSET
+from starnet_demo.runtimes import OpenVINOBackend, export
 
 _LAYER = re.compile(r"model\.(\d+)(?:\.body\.(stem|stages_\d))?")
+YOLOV8N_DETECT = 22  # YOLOv8n's Detect layer; ours is 20
 
 
 def part(node: str, starnet: bool) -> str:
-    """``stem``/``stages_k`` for StarNet, ``backbone`` for YOLOv8n's layers 0-9, ``adapters+sppf``, ``neck``, ``head``.
+    """``backbone stem``/``backbone stages_k`` and ``adapters`` for StarNet, ``backbone`` for YOLOv8n's layers before
+    the SPPF; then ``sppf``, ``neck`` and ``head`` for both.
 
-    The neck and head share YOLOv8n's layer numbers shifted by ``TEACHER_OFFSET``, so the two compare part for part.
+    The SPPF, neck and head share YOLOv8n's layer numbers shifted by ``TEACHER_OFFSET``, so the two compare part for
+    part.
     """
     match = _LAYER.search(node)
     if not match:
         return "other"
-    layer = int(match.group(1)) + (TEACHER_OFFSET if starnet else 0)
+    layer = int(match.group(1))
     if starnet and match.group(2):
         return f"backbone {match.group(2)}"
-    if starnet and layer < TEACHER_OFFSET + 7:
+    if starnet and layer in ADAPTER_LAYERS:
         return "adapters"
-    if layer < 9:
+    layer += TEACHER_OFFSET if starnet else 0
+    if layer < TEACHER_FIRST_SHARED:
         return "backbone"
-    return {9: "sppf", 22: "head"}.get(layer, "neck")
+    return {TEACHER_FIRST_SHARED: "sppf", YOLOV8N_DETECT: "head"}.get(layer, "neck")
 
 
 def profile(variant: str, precision: str, imgsz: int, runs: int) -> dict[str, float]:
-    import openvino as ov
-
     model, _ = load_model(variant, allow_untrained=True)
-    compiled = ov.Core().compile_model(str(export(model, "openvino", imgsz)), "CPU", {
-        "PERF_COUNT": True, "PERFORMANCE_HINT": "LATENCY",
-        "INFERENCE_PRECISION_HINT": ov.Type.bf16 if precision == "bf16" else ov.Type.f32})
-    request, x = compiled.create_infer_request(), np.random.rand(1, 3, imgsz, imgsz).astype(np.float32)
+    backend = OpenVINOBackend(export(model, "openvino", imgsz), precision, {"PERF_COUNT": True})
+    x = np.random.rand(1, 3, imgsz, imgsz).astype(np.float32)
     for _ in range(5):
-        request.infer([x])
+        backend(x)
     ms: Counter[str] = Counter()
     for _ in range(runs):
-        request.infer([x])
-        for node in request.profiling_info:
+        backend(x)
+        for node in backend.request.profiling_info:
             ms[part(node.node_name, variant != BASELINE)] += node.real_time.total_seconds() * 1000 / runs
     return {"total": round(sum(ms.values()), 2), **{k: round(v, 2) for k, v in sorted(ms.items())}}
 

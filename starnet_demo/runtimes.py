@@ -65,8 +65,10 @@ def is_cuda(device: str) -> bool:
     return str(device).startswith("cuda")
 
 
-def _kind(device: str) -> str:
-    return "cuda" if is_cuda(device) else "cpu"
+def _auto_order(device: str) -> tuple[str, ...]:
+    if is_cuda(device):
+        return AUTO_ORDER["cuda"]
+    return AUTO_ORDER["cpu-bf16" if openvino_cpu_bf16() else "cpu"]
 
 
 @lru_cache(maxsize=1)
@@ -111,8 +113,7 @@ def available_runtimes(device: str = "cpu") -> list[str]:
 def resolve_runtime(runtime: str, device: str = "cpu") -> str:
     """``auto`` → the fastest runtime available for the device; any other name is checked and returned."""
     if runtime == "auto":
-        kind = _kind(device)
-        for candidate in AUTO_ORDER["cpu-bf16" if kind == "cpu" and openvino_cpu_bf16() else kind]:
+        for candidate in _auto_order(device):
             if unavailable_reason(candidate, device) is None:
                 return candidate
         raise RuntimeError(f"no runtime available for {device}")
@@ -364,15 +365,17 @@ class OpenVINOBackend:
     OpenVINO's CPU plugin defaults to bf16 on CPUs with native bf16, as ultralytics' AutoBackend leaves it; naming the
     hint makes ``fp32`` and ``bf16`` both selectable and the benchmark's precision label true. Compiled blobs are kept
     beside the IR (OpenVINO's ``CACHE_DIR``), so later loads skip compilation and stale exports take theirs along.
+    ``config`` adds compile properties (``scripts/ov_profile.py`` turns on ``PERF_COUNT``).
     """
 
-    def __init__(self, path: Path, precision: str):
+    def __init__(self, path: Path, precision: str, config: dict[str, Any] | None = None):
         import openvino as ov
 
         core = ov.Core()
         core.set_property({"CACHE_DIR": str(path.parent / "compiled")})
         config = {"PERFORMANCE_HINT": "LATENCY",
-                  "INFERENCE_PRECISION_HINT": {"bf16": ov.Type.bf16, "fp16": ov.Type.f16}.get(precision, ov.Type.f32)}
+                  "INFERENCE_PRECISION_HINT": {"bf16": ov.Type.bf16, "fp16": ov.Type.f16}.get(precision, ov.Type.f32),
+                  **(config or {})}
         self.compiled = core.compile_model(str(path), "CPU", config)
         self.request = self.compiled.create_infer_request()
         self.precision = precision
