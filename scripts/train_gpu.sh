@@ -9,6 +9,7 @@
 #   STAGES    distill, or distill,finetune                                  [distill]
 #   START     folder of earlier weights to continue from (e.g. weights), optional
 #   EXTRA     more train flags, e.g. "--freeze-bn --reestimate-bn" for weights trained with small batches
+#             (re-estimation is undone where it does not lower the eval-mode feature loss)
 set -euo pipefail
 ROOT=${ROOT:-../shared/datasets}
 TEACHER=${TEACHER:-../shared/teachers/yolov8n-coco.safetensors}

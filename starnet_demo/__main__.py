@@ -227,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--freeze-bn", action="store_true",
                    help="distill with BatchNorm statistics fixed (eval mode): for continuing with small batches")
     s.add_argument("--reestimate-bn", action="store_true",
-                   help="before distilling, set the student's BatchNorm statistics to its eval-mode inputs")
+                   help="before distilling, set the student's BatchNorm statistics to its eval-mode inputs "
+                        "(kept only where that lowers the eval-mode feature loss)")
     s.add_argument("--epochs", type=int)
     s.add_argument("--time-min", help="time budget in minutes (overrides --epochs); one per stage, comma-separated")
     s.add_argument("--imgsz", help="training image size; one per stage, comma-separated")

@@ -11,7 +11,8 @@ The pieces, used by the ``distill`` and ``finetune`` stages of ``starnet_demo.tr
   came to rely on batch statistics: P4 feature loss 0.44 in train mode, 23531 in eval mode
   (``docs/training/bn-drift.json``);
 * ``reestimate_bn`` repairs weights whose eval mode has drifted from their train mode: it sets each BatchNorm's
-  statistics, in forward order, to those of its inputs in eval mode, so every layer sees what it will see deployed;
+  statistics, in forward order, to those of its inputs in eval mode, so every layer sees what it will see deployed.
+  ``reestimate_bn_if_better`` keeps that only where it lowers the eval-mode feature loss;
 * ``recalibrate_bn`` makes the teacher's folded BatchNorms (identity plus bias, exact only in eval mode) trainable
   by giving them real statistics while leaving the eval-mode function unchanged.
 """
@@ -19,7 +20,7 @@ The pieces, used by the ``distill`` and ``finetune`` stages of ``starnet_demo.tr
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 from pathlib import Path
 
@@ -139,6 +140,42 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor], only_folde
         bn.running_mean.copy_(mu)
         bn.running_var.copy_(var)
     return len(bns)
+
+
+@torch.no_grad()
+def eval_feature_loss(student: DistillStudent, batches: Iterable[torch.Tensor]) -> float:
+    """The student's feature loss against its teacher in eval mode (the deployed function), summed over levels and
+    averaged over ``batches``."""
+    teacher, was_training = load_teacher(student.teacher_path), student.training
+    student.eval()
+    try:
+        losses = [float(feature_loss(forward_layers(student, x, ADAPTER_LAYERS),
+                                     forward_layers(teacher, x, TEACHER_FEATURE_LAYERS)).sum()) for x in batches]
+    finally:
+        student.train(was_training)
+    return sum(losses) / max(1, len(losses))
+
+
+@torch.no_grad()
+def reestimate_bn_if_better(model: nn.Module, batches: Iterable[torch.Tensor], modules: nn.Module | None,
+                            loss: Callable[[nn.Module, list[torch.Tensor]], float]) -> tuple[float, float, bool]:
+    """``reestimate_bn``, undone unless it lowers ``loss(model, batches)``; returns (before, after, kept).
+
+    Re-estimation repairs weights whose eval mode drifted, but weights whose statistics were right can get worse:
+    the layers downstream were trained for the old statistics, and star blocks amplify the change.
+    """
+    batches = list(batches)
+    saved = {bn: (bn.running_mean.clone(), bn.running_var.clone())
+             for bn in (modules or model).modules() if isinstance(bn, nn.BatchNorm2d)}
+    before = loss(model, batches)
+    reestimate_bn(model, batches, modules)
+    after = loss(model, batches)
+    kept = after < before
+    if not kept:
+        for bn, (mean, var) in saved.items():
+            bn.running_mean.copy_(mean)
+            bn.running_var.copy_(var)
+    return before, after, kept
 
 
 class _Reached(Exception):

@@ -6,7 +6,8 @@ DDP with ``device=0,1,2,3`` all come from ultralytics):
 * ``distill``: the student takes the teacher's SPPF, neck and head (frozen) and learns to reproduce the teacher's
   P3/P4/P5 maps; no labels are needed. ``freeze_bn`` keeps BatchNorm statistics fixed: use it to continue from
   trained weights with small batches. ``reestimate_bn`` first resets the student's statistics to its eval-mode
-  inputs (``distill.reestimate_bn``), for weights whose eval mode has drifted from their train mode.
+  inputs (``distill.reestimate_bn``), for weights whose eval mode has drifted from their train mode, and undoes that
+  when it does not lower the eval-mode feature loss on the calibration images (the recipe records which).
 * ``finetune``: end-to-end detection training on labels (ground truth plus pseudo-labels). Folded BatchNorms taken
   from the teacher are recalibrated first, so that train mode starts from the eval-mode function.
 
@@ -28,10 +29,10 @@ from ultralytics.data.dataset import YOLODataset
 from ultralytics.data.utils import check_det_dataset
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.nn.tasks import DetectionModel
-from ultralytics.utils import DEFAULT_CFG
+from ultralytics.utils import DEFAULT_CFG, LOGGER
 from ultralytics.utils.patches import torch_load
 
-from .distill import DistillStudent, recalibrate_bn, reestimate_bn
+from .distill import DistillStudent, eval_feature_loss, recalibrate_bn, reestimate_bn_if_better
 from .model import build_model, init_from_teacher
 from .weights import load_weights, save_weights
 
@@ -80,9 +81,10 @@ def _describe_data(data: dict) -> dict[str, list[str] | str]:
 
 def initial_model(variant: str, stage: str, data: dict, *, weights: str | None, teacher: str | None,
                   pretrained: bool | str, imgsz: int, freeze_bn: bool = False,
-                  reestimate: bool = False) -> tuple[DetectionModel, list[dict]]:
-    """The model a stage starts from, and the recipe that produced it."""
+                  reestimate: bool = False) -> tuple[DetectionModel, list[dict], list[str]]:
+    """The model a stage starts from, the recipe that produced it, and what was done to its BatchNorms."""
     recipe: list[dict] = []
+    batchnorm: list[str] = []
     if weights:
         loaded, config = load_weights(weights)
         if config["variant"] != variant:
@@ -102,10 +104,17 @@ def initial_model(variant: str, stage: str, data: dict, *, weights: str | None, 
         model.teacher_path = str(Path(teacher).resolve())
         model.freeze_bn = freeze_bn
         if reestimate:
-            reestimate_bn(model, _calibration_batches(data, imgsz), model.model[: FROZEN_IN_DISTILL[0]])
+            batches = list(_calibration_batches(data, imgsz))
+            before, after, kept = reestimate_bn_if_better(model, batches, model.model[: FROZEN_IN_DISTILL[0]],
+                                                          eval_feature_loss)
+            change = f"eval-mode feature loss {before:.3g} -> {after:.3g} on {sum(len(b) for b in batches)} images"
+            batchnorm.append(f"re-estimated in eval mode ({change})" if kept else f"re-estimation undone ({change})")
+            LOGGER.info(f"BatchNorm {batchnorm[-1]}")
+        if freeze_bn:
+            batchnorm.append("frozen (eval mode)")
     else:
         recalibrate_bn(model, _calibration_batches(data, imgsz))
-    return model, recipe
+    return model, recipe, batchnorm
 
 
 def train(variant: str, data: str, *, stage: str = "finetune", weights: str | None = None,
@@ -130,11 +139,12 @@ def train(variant: str, data: str, *, stage: str = "finetune", weights: str | No
                                                                         if k in ("device", "workers", "batch")}})
         data_yaml = ckpt_args["data"]
         recipe_base: list[dict] = []
+        batchnorm: list[str] = []
     else:
         data_yaml = str(Path(data).resolve())
         data_dict = check_det_dataset(data_yaml)
         imgsz = int(overrides.get("imgsz", 640))
-        model, recipe_base = initial_model(variant, stage, data_dict, weights=weights, teacher=teacher,
+        model, recipe_base, batchnorm = initial_model(variant, stage, data_dict, weights=weights, teacher=teacher,
                                            pretrained=pretrained, imgsz=imgsz, freeze_bn=freeze_bn,
                                            reestimate=reestimate_bn)
         args = {**STAGE_DEFAULTS[stage], "plots": False, **overrides, "data": data_yaml,
@@ -165,8 +175,7 @@ def train(variant: str, data: str, *, stage: str = "finetune", weights: str | No
         "seconds": round(time.time() - started, 1),
         "val_metrics": metrics,
     }
-    if freeze_bn or reestimate_bn:
-        step["batchnorm"] = ", then ".join(x for x, on in (("re-estimated in eval mode", reestimate_bn),
-                                                          ("frozen (eval mode)", freeze_bn)) if on)
+    if batchnorm:
+        step["batchnorm"] = ", then ".join(batchnorm)
     return save_weights(final, trainer.save_dir / "export", {"recipe": [*recipe_base, step], "imgsz":
                                                              trainer.args.imgsz})

@@ -4,6 +4,7 @@ pieces they rest on: the feature loss, BatchNorm recalibration and the merged da
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import cv2
@@ -18,7 +19,7 @@ from ultralytics.data.utils import check_det_dataset
 from starnet_demo import BASELINE, as_yolo, build_model
 from starnet_demo.__main__ import main
 from starnet_demo.data import prepare_data
-from starnet_demo.distill import feature_loss, recalibrate_bn, reestimate_bn
+from starnet_demo.distill import feature_loss, recalibrate_bn, reestimate_bn, reestimate_bn_if_better
 from starnet_demo.train import train
 from starnet_demo.weights import load_weights
 
@@ -87,6 +88,21 @@ def test_distill_with_frozen_bn_keeps_statistics_and_trains_the_rest(distilled, 
     assert stats and all(torch.equal(before[k], after[k]) for k in stats)
     backbone = [k for k in before if k.startswith("model.0.") and k.endswith("conv.weight")]
     assert any(not torch.equal(before[k], after[k]) for k in backbone)
+
+
+def test_distill_records_whether_reestimated_statistics_were_kept(distilled, shapes_data, teacher_file, tmp_path):
+    start, _ = load_weights(distilled)
+    out = train("s050", str(shapes_data), stage="distill", weights=str(distilled), teacher=str(teacher_file),
+                project=str(tmp_path), name="reestimate", epochs=1, freeze_bn=True, reestimate_bn=True, **OVERFIT)
+    model, config = load_weights(out)
+    found = re.fullmatch(r"(re-estimated in eval mode|re-estimation undone) \(eval-mode feature loss (\S+) -> (\S+) "
+                         r"on 8 images\), then frozen \(eval mode\)", config["recipe"][-1]["batchnorm"])
+    assert found, config["recipe"][-1]["batchnorm"]
+    kept = found[1] == "re-estimated in eval mode"
+    assert kept == (float(found[3]) < float(found[2]))
+    before, after = start.state_dict(), model.state_dict()  # frozen while training: only re-estimation moves them
+    stats = [k for k in before if k.startswith("model.0.") and k.endswith("running_var")]
+    assert stats and kept == any(not torch.equal(before[k], after[k]) for k in stats)
 
 
 def test_frozen_bn_student_keeps_batchnorms_in_eval_mode():
@@ -220,6 +236,36 @@ def test_reestimate_bn_takes_eval_mode_input_statistics_in_scope_only(bus_tensor
         torch.testing.assert_close(bn.running_var.double(), inputs[bn].var(dim=1, unbiased=False), rtol=1e-4, atol=1e-5)
     assert outside and all(torch.equal(m.running_mean, mean) and torch.equal(m.running_var, var)
                            for m, (mean, var) in outside.items())
+
+
+def test_reestimate_bn_if_better_keeps_an_improvement_and_undoes_a_loss():
+    torch.manual_seed(3)
+    conv = nn.Conv2d(3, 4, 3)
+    batches = [torch.rand(2, 3, 16, 16) * 5 + 2 for _ in range(2)]
+    with torch.no_grad():
+        inputs = torch.cat([conv(x) for x in batches])
+    standardised = {id(x): (conv(x) - inputs.mean(dim=(0, 2, 3), keepdim=True))
+                    / torch.sqrt(inputs.var(dim=(0, 2, 3), unbiased=False, keepdim=True) + 1e-5) for x in batches}
+
+    def to_standardised(model, xs):  # reached exactly by statistics that match the inputs
+        return sum(float(((model(x) - standardised[id(x)]) ** 2).mean()) for x in xs)
+
+    model = nn.Sequential(conv, nn.BatchNorm2d(4)).eval()  # fresh statistics (0, 1): they match nothing
+    before, after, kept = reestimate_bn_if_better(model, batches, None, to_standardised)
+    assert kept and after < 1e-6 < before
+    torch.testing.assert_close(model[1].running_var, inputs.var(dim=(0, 2, 3), unbiased=False))
+
+    with torch.no_grad():
+        model[1].running_var.mul_(3)
+        trained = {id(x): model(x) for x in batches}
+    stats = (model[1].running_mean.clone(), model[1].running_var.clone())
+
+    def to_trained(model, xs):  # the function the statistics were trained for: re-estimating moves away from it
+        return sum(float(((model(x) - trained[id(x)]) ** 2).mean()) for x in xs)
+
+    before, after, kept = reestimate_bn_if_better(model, batches, None, to_trained)
+    assert not kept and before == 0 < after
+    assert torch.equal(model[1].running_mean, stats[0]) and torch.equal(model[1].running_var, stats[1])
 
 
 def test_recalibrate_bn_nothing_folded_is_a_no_op():
