@@ -1,4 +1,4 @@
-"""Helpers shared by the app's tests: weights that always show boxes, test media, and serving ``app.py`` locally.
+"""Helpers shared by the tests: models and weights that do something, test media, and serving ``app.py`` locally.
 
 Random-init weights detect nothing, so ``boxy_weights`` raises one "person" logit bias of the Detect head: the
 network, NMS, annotation and UI all run for real and every image gets a few boxes. Tests point
@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 
 from starnet_demo.detector import clear_detectors
 from starnet_demo.loadtest import free_port, write_video  # noqa: F401 (the tests import write_video from here)
@@ -36,6 +37,19 @@ def load_app():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def with_real_batchnorms(variant: str = "s050", seed: int = 0) -> nn.Module:
+    """A random-init model in eval mode whose BatchNorms are not identities, so that folding them is a real change."""
+    torch.manual_seed(seed)
+    model = build_model(variant).eval()
+    with torch.no_grad():
+        for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.2, 0.2)
+            bn.running_mean.uniform_(-0.2, 0.2)
+            bn.running_var.uniform_(0.5, 2.0)
+    return model
 
 
 def boxy_weights(folder: Path, variants: tuple[str, ...] = ("s1",)) -> Path:

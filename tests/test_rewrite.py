@@ -4,24 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from app_support import with_real_batchnorms
 from torch import nn
 
 from starnet_demo.backbone import blocks
 from starnet_demo.model import BASELINE, backbone, build_model
 from starnet_demo.rewrite import MergedStarBlock, fold_batchnorms, merge_star_pairs, optimise
-
-
-def with_real_batchnorms(variant: str, seed: int = 0) -> nn.Module:
-    """A random-init model whose BatchNorms are not identities, so that folding them is a real change."""
-    torch.manual_seed(seed)
-    model = build_model(variant).eval()
-    with torch.no_grad():
-        for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
-            bn.weight.uniform_(0.5, 1.5)
-            bn.bias.uniform_(-0.2, 0.2)
-            bn.running_mean.uniform_(-0.2, 0.2)
-            bn.running_var.uniform_(0.5, 2.0)
-    return model
 
 
 def assert_same_predictions(a: torch.Tensor, b: torch.Tensor) -> None:

@@ -22,8 +22,8 @@ import psutil
 import pytest
 import supervision as sv
 import torch
+from app_support import with_real_batchnorms
 from safetensors.torch import load_file
-from torch import nn
 from ultralytics.data.augment import LetterBox
 from ultralytics.utils import ASSETS
 
@@ -53,19 +53,6 @@ def rgb(name: str) -> np.ndarray:
     return np.ascontiguousarray(cv2.imread(str(ASSETS / name))[..., ::-1])
 
 
-def random_model(variant: str = "s050") -> nn.Module:
-    """Seeded random init with non-trivial BatchNorm statistics."""
-    torch.manual_seed(0)
-    model = build_model(variant).eval()
-    with torch.no_grad():
-        for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
-            bn.weight.uniform_(0.5, 1.5)
-            bn.bias.uniform_(-0.2, 0.2)
-            bn.running_mean.uniform_(-0.2, 0.2)
-            bn.running_var.uniform_(0.5, 2.0)
-    return model
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     """This module's weights folder and export cache (temporary); returns the variant with detecting weights or None.
@@ -73,7 +60,7 @@ def env(tmp_path_factory):
     The folder holds random s050 weights, plus a copy of ``weights/s1`` or the teacher as ``yolov8n`` if available.
     """
     folder, exports = tmp_path_factory.mktemp("weights"), tmp_path_factory.mktemp("exports")
-    save_weights(random_model(), folder)
+    save_weights(with_real_batchnorms(), folder)
     trained = None
     if (EMBEDDED_DIR / "s1.json").is_file():
         for suffix in (".json", ".safetensors"):
@@ -110,7 +97,7 @@ def cpu_runtimes(with_ultralytics: bool = True) -> list[tuple[str, str]]:
 @pytest.mark.parametrize(("runtime", "precision"), cpu_runtimes(with_ultralytics=False))
 def test_raw_outputs_match_eager_pytorch(env, runtime, precision, rewrite):
     """fp32 runtimes agree with eager PyTorch to float rounding; bf16 to a fraction of a pixel on average."""
-    model = random_model()
+    model = with_real_batchnorms()
     image = LetterBox((IMGSZ, IMGSZ), auto=False)(image=rgb("bus.jpg"))
     with torch.no_grad():
         reference = model(torch.from_numpy(image.transpose(2, 0, 1).copy())[None].float() / 255)[0]
