@@ -54,6 +54,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     for item in args.set or []:
         key, _, value = item.partition("=")
         common[key] = _literal(value)
+    distill_only = {"freeze_bn": args.freeze_bn, "reestimate_bn": args.reestimate_bn}
+    if any(distill_only.values()) and "distill" not in stages:
+        raise ValueError("--freeze-bn and --reestimate-bn apply to the distill stage only")
     for variant in args.variant:
         weights = _weights_for(args.weights, variant)
         for i, stage in enumerate(stages):
@@ -65,8 +68,7 @@ def cmd_train(args: argparse.Namespace) -> None:
             name = f"{args.name}-{variant}-{stage}" if args.name else None
             weights = str(train(variant, args.data, stage=stage, weights=weights, teacher=args.teacher,
                                 pretrained=args.pretrained or False, resume=args.resume, project=args.project,
-                                name=name, freeze_bn=args.freeze_bn, reestimate_bn=args.reestimate_bn,
-                                **overrides))
+                                name=name, **(distill_only if stage == "distill" else {}), **overrides))
             print(weights, flush=True)
 
 

@@ -119,10 +119,21 @@ def test_frozen_bn_student_keeps_batchnorms_in_eval_mode():
 def test_cli_refuses_frozen_bn_outside_distill(shapes_data, tmp_path, capsys):
     assert main(["train", "--variant", "s050", "--stage", "finetune", "--freeze-bn", "--data", str(shapes_data),
                  "--project", str(tmp_path)]) == 2
-    assert "freeze_bn and reestimate_bn apply to the distill stage only" in capsys.readouterr().err
+    assert "--freeze-bn and --reestimate-bn apply to the distill stage only" in capsys.readouterr().err
     assert main(["train", "--variant", "s050", "--stage", "distill", "--reestimate-bn", "--data", str(shapes_data),
                  "--project", str(tmp_path)]) == 2
     assert "reestimate_bn needs trained weights" in capsys.readouterr().err
+
+
+def test_cli_applies_distill_flags_to_the_distill_stage_of_a_two_stage_run(shapes_data, teacher_file, tmp_path,
+                                                                          capsys):
+    assert main(["train", "--variant", "s050", "--stage", "distill,finetune", "--freeze-bn", "--data",
+                 str(shapes_data), "--teacher", str(teacher_file), "--epochs", "1", "--imgsz", "128", "--batch", "8",
+                 "--device", "cpu", "--workers", "0", "--project", str(tmp_path), "--set", "plots=False"]) == 0
+    final = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    recipe = load_weights(final)[1]["recipe"]
+    assert [(step["stage"], step.get("batchnorm")) for step in recipe] == [("distill", "frozen (eval mode)"),
+                                                                          ("finetune", None)]
 
 
 def test_as_yolo_trains_the_given_model(shapes_data, tmp_path):
