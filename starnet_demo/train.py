@@ -11,14 +11,19 @@ DDP with ``device=0,1,2,3`` all come from ultralytics):
 * ``finetune``: end-to-end detection training on labels (ground truth plus pseudo-labels). Folded BatchNorms taken
   from the teacher are recalibrated first, so that train mode starts from the eval-mode function.
 
+``resume`` continues an interrupted run from its ``last.pt`` as the same stage, with the recipe so far
+(``RUN_NOTES``), so that training can stop and go on across sessions.
+
 Each stage ends by writing ``<run>/export/<variant>.safetensors`` + ``.json`` with the recipe so far, so the next
 stage, or a later session, continues from it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import itertools
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -29,7 +34,7 @@ from ultralytics.data.dataset import YOLODataset
 from ultralytics.data.utils import check_det_dataset
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.nn.tasks import DetectionModel
-from ultralytics.utils import DEFAULT_CFG, LOGGER
+from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK
 from ultralytics.utils.patches import torch_load
 
 from .distill import DistillStudent, eval_feature_loss, recalibrate_bn, reestimate_bn_if_better
@@ -37,6 +42,9 @@ from .model import build_model, init_from_teacher
 from .weights import load_weights, save_weights
 
 STAGES = ("distill", "finetune")
+# Beside each run's weights/: what a resumed run cannot read from ultralytics' checkpoint (the recipe so far, the
+# teacher, what was done to the BatchNorms), so that its exported weights still carry their whole history.
+RUN_NOTES = "starnet_run.json"
 # The teacher's SPPF, neck and head sit at layers 7-20 of our YAMLs; the distill stage trains only layers 0-6.
 FROZEN_IN_DISTILL = list(range(7, 21))
 
@@ -50,7 +58,18 @@ STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
 
 
 class StarNetTrainer(DetectionTrainer):
-    """Ultralytics' DetectionTrainer, reading its results CSV without polars (absent on lean GPU images)."""
+    """Ultralytics' DetectionTrainer, resuming a distill run as one, and reading its results CSV without polars
+    (absent on lean GPU images)."""
+
+    def get_model(self, cfg=None, weights=None, verbose: bool = True) -> DetectionModel:
+        """On resume, ultralytics rebuilds a plain DetectionModel, which would carry on with the detection loss."""
+        if not isinstance(weights, DistillStudent):
+            return super().get_model(cfg, weights, verbose)
+        model = self.set_model_names_for_load(DistillStudent(cfg, nc=self.data["nc"], ch=self.data["channels"],
+                                                             verbose=verbose and RANK == -1))
+        model.load(weights)
+        model.teacher_path, model.freeze_bn = weights.teacher_path, weights.freeze_bn
+        return model
 
     def read_results_csv(self) -> dict[str, list]:
         try:
@@ -68,6 +87,15 @@ def _calibration_batches(data: dict, imgsz: int, n_images: int = 64, batch: int 
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=False, collate_fn=YOLODataset.collate_fn)
     for b in itertools.islice(loader, max(1, n_images // batch)):
         yield b["img"].float() / 255
+
+
+def _earlier_seconds(results_csv: Path) -> float:
+    """Training seconds of the processes before a resume: ultralytics' ``time`` column restarts at each one."""
+    with contextlib.suppress(OSError, KeyError, ValueError):
+        with open(results_csv, newline="") as f:
+            times = [float(row["time"]) for row in csv.DictReader(f)]
+        return sum(a for a, b in zip(times, times[1:], strict=False) if b < a) + (times[-1] if times else 0.0)
+    return 0.0
 
 
 def _describe_data(data: dict) -> dict[str, list[str] | str]:
@@ -134,12 +162,15 @@ def train(variant: str, data: str, *, stage: str = "finetune", weights: str | No
         raise ValueError("reestimate_bn needs trained weights to start from")
     started = time.time()
     if resume:
-        ckpt_args = torch_load(resume, map_location="cpu")["train_args"]
+        ckpt = torch_load(resume, map_location="cpu")
+        stage = "distill" if isinstance(ckpt.get("ema"), DistillStudent) else "finetune"
+        notes_file = Path(resume).resolve().parent.parent / RUN_NOTES
+        notes = json.loads(notes_file.read_text()) if notes_file.is_file() else {}
+        recipe_base, batchnorm, teacher = notes.get("recipe", []), notes.get("batchnorm", []), notes.get("teacher")
+        earlier = _earlier_seconds(Path(resume).resolve().parent.parent / "results.csv")
         trainer = StarNetTrainer(overrides={"resume": str(resume), **{k: v for k, v in overrides.items()
                                                                         if k in ("device", "workers", "batch")}})
-        data_yaml = ckpt_args["data"]
-        recipe_base: list[dict] = []
-        batchnorm: list[str] = []
+        data_yaml = ckpt["train_args"]["data"]
     else:
         data_yaml = str(Path(data).resolve())
         data_dict = check_det_dataset(data_yaml)
@@ -154,6 +185,9 @@ def train(variant: str, data: str, *, stage: str = "finetune", weights: str | No
             args["freeze"] = FROZEN_IN_DISTILL
         trainer = StarNetTrainer(overrides=args)
         trainer.model = model
+        earlier = 0.0
+        (Path(trainer.save_dir) / RUN_NOTES).write_text(json.dumps(
+            {"recipe": recipe_base, "batchnorm": batchnorm, "teacher": teacher and str(Path(teacher).resolve())}))
     trainer.train()
 
     best = Path(trainer.best if Path(trainer.best).is_file() else trainer.last)
@@ -172,7 +206,7 @@ def train(variant: str, data: str, *, stage: str = "finetune", weights: str | No
         "optimizer": trainer.args.optimizer,
         "lr0": trainer.args.lr0,
         "device": str(trainer.device),
-        "seconds": round(time.time() - started, 1),
+        "seconds": round(earlier + time.time() - started, 1),
         "val_metrics": metrics,
     }
     if batchnorm:

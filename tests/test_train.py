@@ -15,6 +15,7 @@ import yaml
 from safetensors.torch import load_file
 from torch import nn
 from ultralytics.data.utils import check_det_dataset
+from ultralytics.utils.patches import torch_load
 
 from starnet_demo import BASELINE, as_yolo, build_model
 from starnet_demo.__main__ import main
@@ -103,6 +104,47 @@ def test_distill_records_whether_reestimated_statistics_were_kept(distilled, sha
     before, after = start.state_dict(), model.state_dict()  # frozen while training: only re-estimation moves them
     stats = [k for k in before if k.startswith("model.0.") and k.endswith("running_var")]
     assert stats and kept == any(not torch.equal(before[k], after[k]) for k in stats)
+
+
+class _Interrupted(Exception):
+    """Stands in for a killed process: raised after an epoch's checkpoint is written."""
+
+
+def test_distill_resumes_where_it_stopped_and_keeps_the_recipe(distilled, shapes_data, teacher_file, tmp_path,
+                                                               monkeypatch):
+    from ultralytics.utils.callbacks import base
+
+    def stop_after_two_epochs(trainer):
+        if trainer.epoch == 1:
+            raise _Interrupted
+
+    monkeypatch.setitem(base.default_callbacks, "on_fit_epoch_end",
+                        [*base.default_callbacks["on_fit_epoch_end"], stop_after_two_epochs])
+    with pytest.raises(_Interrupted):
+        train("s050", str(shapes_data), stage="distill", weights=str(distilled), teacher=str(teacher_file),
+              project=str(tmp_path), name="cut", epochs=4, freeze_bn=True, **OVERFIT)
+    monkeypatch.undo()
+    last = tmp_path / "cut" / "weights" / "last.pt"
+    assert _results(tmp_path / "cut")["epoch"] == [1, 2]
+
+    out = train("s050", str(shapes_data), resume=str(last), device="cpu", workers=0)
+    assert _results(out.parent.parent)["epoch"] == [1, 2, 3, 4]
+    assert type(torch_load(last, map_location="cpu")["model"]).__name__ == "DistillStudent"  # not the detection loss
+    model, config = load_weights(out)
+    assert [(step["stage"], step["epochs"], step.get("batchnorm")) for step in config["recipe"]] == [
+        ("distill", 12, None), ("distill", 4, "frozen (eval mode)")]
+    assert config["recipe"][-1]["teacher"] == teacher_file.name
+    before, after = load_weights(distilled)[0].state_dict(), model.state_dict()  # still frozen after resuming
+    assert all(torch.equal(before[k], after[k]) for k in before if k.endswith("running_var"))
+
+
+def test_earlier_seconds_sums_the_processes_before_a_resume(tmp_path):
+    from starnet_demo.train import _earlier_seconds
+
+    csv_file = tmp_path / "results.csv"
+    csv_file.write_text("epoch,time,train/p3\n1,10,0.9\n2,20,0.8\n3,4,0.7\n4,9,0.6\n")  # resumed after epoch 2
+    assert _earlier_seconds(csv_file) == 29
+    assert _earlier_seconds(tmp_path / "missing.csv") == 0
 
 
 def test_frozen_bn_student_keeps_batchnorms_in_eval_mode():
