@@ -176,8 +176,8 @@ def train(variant: str, data: str, *, stage: str = "finetune", weights: str | No
         data_dict = check_det_dataset(data_yaml)
         imgsz = int(overrides.get("imgsz", 640))
         model, recipe_base, batchnorm = initial_model(variant, stage, data_dict, weights=weights, teacher=teacher,
-                                           pretrained=pretrained, imgsz=imgsz, freeze_bn=freeze_bn,
-                                           reestimate=reestimate_bn)
+                                                      pretrained=pretrained, imgsz=imgsz, freeze_bn=freeze_bn,
+                                                      reestimate=reestimate_bn)
         args = {**STAGE_DEFAULTS[stage], "plots": False, **overrides, "data": data_yaml,
                 "project": str(Path(project).resolve()), "name": name or f"{variant}-{stage}",
                 "model": str(model.yaml["yaml_file"])}
