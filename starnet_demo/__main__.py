@@ -54,6 +54,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     for item in args.set or []:
         key, _, value = item.partition("=")
         common[key] = _literal(value)
+    if args.resume and (len(stages) > 1 or len(args.variant) > 1):
+        raise ValueError("--resume continues one run: give one --variant and one --stage")
     distill_only = {"freeze_bn": args.freeze_bn, "reestimate_bn": args.reestimate_bn}
     if any(distill_only.values()) and "distill" not in stages:
         raise ValueError("--freeze-bn and --reestimate-bn apply to the distill stage only")

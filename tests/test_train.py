@@ -165,6 +165,9 @@ def test_cli_refuses_frozen_bn_outside_distill(shapes_data, tmp_path, capsys):
     assert main(["train", "--variant", "s050", "--stage", "distill", "--reestimate-bn", "--data", str(shapes_data),
                  "--project", str(tmp_path)]) == 2
     assert "reestimate_bn needs trained weights" in capsys.readouterr().err
+    assert main(["train", "--variant", "s050", "--stage", "distill,finetune", "--resume", str(tmp_path / "last.pt"),
+                 "--data", str(shapes_data)]) == 2
+    assert "--resume continues one run" in capsys.readouterr().err
 
 
 def test_cli_applies_distill_flags_to_the_distill_stage_of_a_two_stage_run(shapes_data, teacher_file, tmp_path,
