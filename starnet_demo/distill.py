@@ -144,13 +144,12 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor], only_folde
 
 @torch.no_grad()
 def eval_feature_loss(student: DistillStudent, batches: Iterable[torch.Tensor]) -> float:
-    """The student's feature loss against its teacher in eval mode (the deployed function), summed over levels and
-    averaged over ``batches``."""
-    teacher, was_training = load_teacher(student.teacher_path), student.training
+    """The student's training loss (``DistillStudent.loss``) in eval mode, the deployed function: summed over levels
+    and averaged over ``batches``."""
+    was_training = student.training
     student.eval()
     try:
-        losses = [float(feature_loss(forward_layers(student, x, ADAPTER_LAYERS),
-                                     forward_layers(teacher, x, TEACHER_FEATURE_LAYERS)).sum()) for x in batches]
+        losses = [float(sum(student.loss({"img": x})[1].values())) for x in batches]
     finally:
         student.train(was_training)
     return sum(losses) / max(1, len(losses))

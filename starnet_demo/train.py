@@ -72,12 +72,17 @@ class StarNetTrainer(DetectionTrainer):
         return model
 
     def read_results_csv(self) -> dict[str, list]:
-        try:
-            with open(self.csv, newline="") as f:
-                rows = list(csv.DictReader(f))
-        except OSError:
-            return {}
-        return {k.strip(): [float(r[k]) for r in rows] for k in (rows[0] if rows else {})}
+        return _read_results(self.csv)
+
+
+def _read_results(path: Path) -> dict[str, list[float]]:
+    """Ultralytics' results.csv as columns (empty when there is none yet)."""
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError:
+        return {}
+    return {k.strip(): [float(r[k]) for r in rows] for k in (rows[0] if rows else {})}
 
 
 def _calibration_batches(data: dict, imgsz: int, n_images: int = 64, batch: int = 16):
@@ -91,9 +96,8 @@ def _calibration_batches(data: dict, imgsz: int, n_images: int = 64, batch: int 
 
 def _earlier_seconds(results_csv: Path) -> float:
     """Training seconds of the processes before a resume: ultralytics' ``time`` column restarts at each one."""
-    with contextlib.suppress(OSError, KeyError, ValueError):
-        with open(results_csv, newline="") as f:
-            times = [float(row["time"]) for row in csv.DictReader(f)]
+    with contextlib.suppress(ValueError):  # a malformed file costs the figure, not the run
+        times = _read_results(results_csv).get("time", [])
         return sum(a for a, b in zip(times, times[1:], strict=False) if b < a) + (times[-1] if times else 0.0)
     return 0.0
 
@@ -164,10 +168,10 @@ def train(variant: str, data: str, *, stage: str = "finetune", weights: str | No
     if resume:
         ckpt = torch_load(resume, map_location="cpu")
         stage = "distill" if isinstance(ckpt.get("ema"), DistillStudent) else "finetune"
-        notes_file = Path(resume).resolve().parent.parent / RUN_NOTES
-        notes = json.loads(notes_file.read_text()) if notes_file.is_file() else {}
+        run_dir = Path(resume).resolve().parent.parent  # <run>/weights/last.pt
+        notes = json.loads((run_dir / RUN_NOTES).read_text()) if (run_dir / RUN_NOTES).is_file() else {}
         recipe_base, batchnorm, teacher = notes.get("recipe", []), notes.get("batchnorm", []), notes.get("teacher")
-        earlier = _earlier_seconds(Path(resume).resolve().parent.parent / "results.csv")
+        earlier = _earlier_seconds(run_dir / "results.csv")
         trainer = StarNetTrainer(overrides={"resume": str(resume), **{k: v for k, v in overrides.items()
                                                                         if k in ("device", "workers", "batch")}})
         data_yaml = ckpt["train_args"]["data"]
