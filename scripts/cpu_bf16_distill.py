@@ -59,10 +59,11 @@ def part(name: str) -> str:
 
 
 def compare(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], names: list[str]) -> dict[str, float]:
+    """How gradient ``b`` differs from ``a`` over the named tensors, and their share of ``a``'s squared norm."""
     ga, gb = torch.cat([a[n] for n in names]), torch.cat([b[n] for n in names])
     return {"cosine": round(float(cosine_similarity(ga, gb, dim=0)), 4),
             "norm_ratio_bf16_over_fp32": round(float(gb.norm() / ga.norm()), 3),
-            "share_of_fp32_grad_norm2": round(float(ga.norm() ** 2), 8)}
+            "share_of_fp32_grad_norm2": round(float(ga.norm() ** 2 / sum(g.norm() ** 2 for g in a.values())), 4)}
 
 
 def main() -> None:
@@ -84,11 +85,7 @@ def main() -> None:
     loss32, g32, _ = step(model, teacher, x, False)
     loss16, g16, _ = step(model, teacher, x, True)
     repeat = step(model, teacher, x, False)[1]
-    total = float(torch.cat(list(g32.values())).norm() ** 2)
-    parts = {}
-    for name in dict.fromkeys(part(n) for n in g32):
-        parts[name] = compare(g32, g16, [n for n in g32 if part(n) == name])
-        parts[name]["share_of_fp32_grad_norm2"] = round(parts[name]["share_of_fp32_grad_norm2"] / total, 4)
+    parts = {name: compare(g32, g16, [n for n in g32 if part(n) == name]) for name in dict.fromkeys(map(part, g32))}
     fp32, bf16 = statistics.median(times[False][1:]), statistics.median(times[True][1:])
     record = {
         "weights": args.weights, "images": str(args.images), "imgsz": args.imgsz, "batch": args.batch,
