@@ -14,7 +14,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 from torch import nn
+from ultralytics.data.dataset import YOLODataset
 from ultralytics.data.utils import check_det_dataset
+from ultralytics.utils import DEFAULT_CFG
 from ultralytics.utils.patches import torch_load
 
 from starnet_demo import BASELINE, as_yolo, build_model
@@ -359,12 +361,26 @@ def test_prepare_data_merges_pools_and_holds_out_val(shared_tree, tmp_path):
     text = data_yaml.read_text()
     assert text.startswith("#") and "coco-mini 2" in text and "distill 2" in text
     data = yaml.safe_load(text)
-    assert data["train"] == [str(shared_tree / "coco-mini" / "images" / "train"),
-                             str(shared_tree / "distill" / "images" / "train")]  # distill-extra is absent: skipped
-    assert data["val"] == str(shared_tree / "coco-mini" / "images" / "val")
+    out = tmp_path / "out"
+    # Links to the pools (distill-extra is absent: skipped), so that nothing is copied
+    assert data["train"] == [str(out / "coco-mini" / "images" / "train"), str(out / "distill" / "images" / "train")]
+    assert data["val"] == str(out / "coco-mini" / "images" / "val")
+    for split in (*data["train"], data["val"]):
+        source = shared_tree / Path(split).relative_to(out)
+        assert sorted(p.name for p in Path(split).iterdir()) == sorted(p.name for p in source.glob("*.*g"))
+        assert all(p.resolve() == source / p.name for p in Path(split).iterdir())
+        assert Path(split.replace("images", "labels")).resolve() == Path(str(source).replace("images", "labels"))
     assert (data["nc"], data["names"]) == (2, {0: "person", 1: "bicycle"})
     checked = check_det_dataset(str(data_yaml))  # ultralytics accepts it as it is
     assert checked["nc"] == 2 and len(checked["train"]) == 2
+    # Ultralytics finds the labels through the links and writes its label caches beside them, not into the pools.
+    for split, n_images in ((checked["train"], 4), (checked["val"], 2)):
+        dataset = YOLODataset(img_path=split, imgsz=32, augment=False, data=checked, hyp=DEFAULT_CFG)
+        assert len(dataset.labels) == n_images and all(len(x["cls"]) == 1 for x in dataset.labels)
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.cache")) == [
+        "coco-mini/labels/train.cache", "coco-mini/labels/val.cache"]
+    assert not list(shared_tree.rglob("*.cache"))
+    assert prepare_data(shared_tree, out) == data_yaml  # a rerun replaces its links
 
 
 @pytest.mark.parametrize("leak", ["000000000139.jpg", "aug_000000000285_flipped.png"])
