@@ -6,6 +6,8 @@ The pieces, used by the ``distill`` and ``finetune`` stages of ``starnet_demo.tr
 * ``DistillStudent`` trains the StarNet backbone and its 1×1 adapters to reproduce the teacher's P3/P4/P5 maps
   (normalised MSE). No labels are involved, so every image counts. Ultralytics' own ``distill_model`` cannot do this:
   it distils the neck's outputs next to a detection loss, and needs labels and a compatible neck already;
+* ``DistillStudent.output_kd`` adds, with that weight, the divergence of the (frozen) head's outputs from the
+  teacher's (``output_loss``): the backbone's remaining feature error then goes where the head is sensitive to it;
 * ``DistillStudent.freeze_bn`` keeps every BatchNorm in eval mode while training, so the loss is computed on the
   function that is deployed. Continuing from trained weights with small CPU batches (16) without it, the backbone
   came to rely on batch statistics: P4 feature loss 0.44 in train mode, 23531 in eval mode
@@ -25,6 +27,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 from ultralytics.nn.tasks import DetectionModel
@@ -53,20 +56,45 @@ def feature_loss(student: Iterable[torch.Tensor], teacher: Iterable[torch.Tensor
     return torch.stack(losses)
 
 
+def output_loss(student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor], reg_max: int) -> torch.Tensor:
+    """How far a head's raw outputs (``Detect.forward_head``) are from the teacher's: 0 for an exact copy.
+
+    Class scores: the Bernoulli KL divergence from the teacher's probabilities, over every anchor, so that false
+    positives cost too. Boxes: the KL divergence of each side's distribution (DFL bins), weighted by the teacher's
+    confidence at the anchor, as background anchors' boxes are never used. Both are divided by the teacher's summed
+    confidence, as ultralytics divides its detection loss by the summed target scores.
+    """
+    p = teacher["scores"].float().sigmoid()
+    bernoulli_kl = F.binary_cross_entropy_with_logits(student["scores"].float(), p, reduction="none") - (
+        -torch.xlogy(p, p) - torch.xlogy(1 - p, 1 - p))
+    weight = p.amax(dim=1)  # (batch, anchors)
+    b, _, a = teacher["boxes"].shape
+    t_log = teacher["boxes"].float().view(b, 4, reg_max, a).log_softmax(2)
+    s_log = student["boxes"].float().view(b, 4, reg_max, a).log_softmax(2)
+    box_kl = (t_log.exp() * (t_log - s_log)).sum(dim=(1, 2))
+    return (bernoulli_kl.sum() + (box_kl * weight).sum()) / weight.sum().clamp_min(1)
+
+
 class DistillStudent(DetectionModel):
-    """A YOLOv8-StarNet whose training loss is feature regression onto the teacher's backbone maps.
+    """A YOLOv8-StarNet whose training loss is feature regression onto the teacher's backbone maps, plus
+    ``output_kd`` times ``output_loss`` on the head's outputs.
 
     The teacher is referenced by path, not held as a submodule, so it is never trained, averaged by EMA, pickled
-    into checkpoints or counted as the student's parameters.
+    into checkpoints or counted as the student's parameters. The teacher's SPPF, neck and head always run in eval
+    mode: they are frozen, and their BatchNorms are folded, which is exact only in eval mode.
     """
 
     teacher_path: str = ""
     freeze_bn: bool = False
+    output_kd: float = 0.0
     criterion = None  # the loss below needs no ultralytics criterion
 
     def train(self, mode: bool = True) -> DistillStudent:
-        """``nn.Module.train``, leaving BatchNorms in eval mode (running statistics fixed) when ``freeze_bn``."""
+        """``nn.Module.train``, leaving BatchNorms in eval mode (running statistics fixed) when ``freeze_bn``, and
+        the teacher's layers in eval mode always."""
         super().train(mode)
+        if mode:
+            self.model[max(ADAPTER_LAYERS) + 1:].eval()
         if mode and self.freeze_bn:
             for m in self.modules():
                 if isinstance(m, nn.BatchNorm2d):
@@ -79,10 +107,23 @@ class DistillStudent(DetectionModel):
     def loss(self, batch: dict, preds=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         img = batch["img"]
         teacher = load_teacher(self.teacher_path, str(img.device))
+        head, teacher_head = self.model[-1], teacher.model[-1]
+        # The output term needs both networks up to their heads' inputs; the features alone need only backbones.
+        ours, theirs = list(ADAPTER_LAYERS), list(TEACHER_FEATURE_LAYERS)
+        if self.output_kd:
+            ours, theirs = ours + list(head.f), theirs + list(teacher_head.f)
         with torch.no_grad():
-            targets = forward_layers(teacher, img, TEACHER_FEATURE_LAYERS)
-        losses = feature_loss(forward_layers(self, img, ADAPTER_LAYERS), targets)
-        return losses * img.shape[0], dict(zip(LEVELS, losses.detach(), strict=True))
+            targets = forward_layers(teacher, img, theirs)
+        outputs = forward_layers(self, img, ours)
+        losses = feature_loss(outputs[:len(LEVELS)], targets[:len(LEVELS)])
+        items = dict(zip(LEVELS, losses.detach(), strict=True))
+        if self.output_kd:
+            with torch.no_grad():
+                target_head = teacher_head.forward_head(targets[len(LEVELS):], **teacher_head.one2many)
+            out = self.output_kd * output_loss(head.forward_head(outputs[len(LEVELS):], **head.one2many),
+                                               target_head, head.reg_max)
+            losses, items["out"] = torch.cat([losses, out[None]]), out.detach()
+        return losses * img.shape[0], items
 
 
 def _is_folded(bn: nn.BatchNorm2d) -> bool:

@@ -8,6 +8,8 @@ DDP with ``device=0,1,2,3`` all come from ultralytics):
   trained weights with small batches. ``reestimate_bn`` first resets the student's statistics to its eval-mode
   inputs (``distill.reestimate_bn``), for weights whose eval mode has drifted from their train mode, and undoes that
   when it does not lower the eval-mode feature loss on the calibration images (the recipe records which).
+  ``output_kd`` adds the divergence of the frozen head's outputs from the teacher's, with that weight
+  (``distill.output_loss``); it needs the teacher's 80 classes.
 * ``finetune``: end-to-end detection training on labels (ground truth plus pseudo-labels). Folded BatchNorms taken
   from the teacher are recalibrated first, so that train mode starts from the eval-mode function.
 
@@ -37,7 +39,7 @@ from ultralytics.nn.tasks import DetectionModel
 from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK
 from ultralytics.utils.patches import torch_load
 
-from .distill import DistillStudent, eval_feature_loss, recalibrate_bn, reestimate_bn_if_better
+from .distill import DistillStudent, eval_feature_loss, load_teacher, recalibrate_bn, reestimate_bn_if_better
 from .model import build_model, init_from_teacher
 from .weights import load_weights, save_weights
 
@@ -68,7 +70,8 @@ class StarNetTrainer(DetectionTrainer):
         model = self.set_model_names_for_load(DistillStudent(cfg, nc=self.data["nc"], ch=self.data["channels"],
                                                              verbose=verbose and RANK == -1))
         model.load(weights)
-        model.teacher_path, model.freeze_bn = weights.teacher_path, weights.freeze_bn
+        for setting in ("teacher_path", "freeze_bn", "output_kd"):
+            setattr(model, setting, getattr(weights, setting))
         return model
 
     def read_results_csv(self) -> dict[str, list]:
@@ -112,8 +115,8 @@ def _describe_data(data: dict) -> dict[str, list[str] | str]:
 
 
 def initial_model(variant: str, stage: str, data: dict, *, weights: str | None, teacher: str | None,
-                  pretrained: bool | str, imgsz: int, freeze_bn: bool = False,
-                  reestimate: bool = False) -> tuple[DetectionModel, list[dict], list[str]]:
+                  pretrained: bool | str, imgsz: int, freeze_bn: bool = False, reestimate: bool = False,
+                  output_kd: float = 0.0) -> tuple[DetectionModel, list[dict], list[str]]:
     """The model a stage starts from, the recipe that produced it, and what was done to its BatchNorms."""
     recipe: list[dict] = []
     batchnorm: list[str] = []
@@ -134,7 +137,10 @@ def initial_model(variant: str, stage: str, data: dict, *, weights: str | None, 
         if not teacher:
             raise ValueError("the distill stage needs --teacher (a YOLOv8n state dict in safetensors)")
         model.teacher_path = str(Path(teacher).resolve())
-        model.freeze_bn = freeze_bn
+        model.freeze_bn, model.output_kd = freeze_bn, output_kd
+        if output_kd and (theirs := load_teacher(model.teacher_path).model[-1].nc) != model.model[-1].nc:
+            raise ValueError(f"output_kd needs the teacher's classes: the data has {model.model[-1].nc}, the teacher "
+                             f"{theirs}")
         if reestimate:
             batches = list(_calibration_batches(data, imgsz))
             before, after, kept = reestimate_bn_if_better(model, batches, model.model[: FROZEN_IN_DISTILL[0]],
@@ -152,7 +158,7 @@ def initial_model(variant: str, stage: str, data: dict, *, weights: str | None, 
 def train(variant: str, data: str, *, stage: str = "finetune", weights: str | None = None,
           teacher: str | None = None, pretrained: bool | str = False, resume: str | None = None,
           project: str = "runs/starnet", name: str | None = None, freeze_bn: bool = False,
-          reestimate_bn: bool = False, **overrides: Any) -> Path:
+          reestimate_bn: bool = False, output_kd: float = 0.0, **overrides: Any) -> Path:
     """Run one stage; returns the config path of the weights it wrote (``<run>/export/<variant>.json``).
 
     ``overrides`` are ultralytics train arguments (``epochs``, ``imgsz``, ``batch``, ``device``, ``time``, ``amp``,
@@ -160,8 +166,8 @@ def train(variant: str, data: str, *, stage: str = "finetune", weights: str | No
     """
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
-    if (freeze_bn or reestimate_bn) and stage != "distill":
-        raise ValueError("freeze_bn and reestimate_bn apply to the distill stage only")
+    if (freeze_bn or reestimate_bn or output_kd) and stage != "distill":
+        raise ValueError("freeze_bn, reestimate_bn and output_kd apply to the distill stage only")
     if reestimate_bn and not weights:
         raise ValueError("reestimate_bn needs trained weights to start from")
     started = time.time()
@@ -181,7 +187,7 @@ def train(variant: str, data: str, *, stage: str = "finetune", weights: str | No
         imgsz = int(overrides.get("imgsz", 640))
         model, recipe_base, batchnorm = initial_model(variant, stage, data_dict, weights=weights, teacher=teacher,
                                                       pretrained=pretrained, imgsz=imgsz, freeze_bn=freeze_bn,
-                                                      reestimate=reestimate_bn)
+                                                      reestimate=reestimate_bn, output_kd=output_kd)
         args = {**STAGE_DEFAULTS[stage], "plots": False, **overrides, "data": data_yaml,
                 "project": str(Path(project).resolve()), "name": name or f"{variant}-{stage}",
                 "model": str(model.yaml["yaml_file"])}
@@ -213,6 +219,8 @@ def train(variant: str, data: str, *, stage: str = "finetune", weights: str | No
         "seconds": round(earlier + time.time() - started, 1),
         "val_metrics": metrics,
     }
+    if getattr(ema, "output_kd", 0.0):
+        step["output_kd"] = ema.output_kd
     if batchnorm:
         step["batchnorm"] = ", then ".join(batchnorm)
     return save_weights(final, trainer.save_dir / "export", {"recipe": [*recipe_base, step], "imgsz":

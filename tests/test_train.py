@@ -22,7 +22,8 @@ from ultralytics.utils.patches import torch_load
 from starnet_demo import BASELINE, as_yolo, build_model
 from starnet_demo.__main__ import main
 from starnet_demo.data import prepare_data
-from starnet_demo.distill import feature_loss, recalibrate_bn, reestimate_bn, reestimate_bn_if_better
+from starnet_demo.distill import feature_loss, output_loss, recalibrate_bn, reestimate_bn, reestimate_bn_if_better
+from starnet_demo.model import COCO_NAMES
 from starnet_demo.train import train
 from starnet_demo.weights import load_weights
 
@@ -140,6 +141,52 @@ def test_distill_resumes_where_it_stopped_and_keeps_the_recipe(distilled, shapes
     assert all(torch.equal(before[k], after[k]) for k in before if k.endswith("running_var"))
 
 
+def test_output_loss_is_zero_for_the_teachers_own_outputs_and_grows_with_the_difference():
+    torch.manual_seed(0)
+    teacher = {"boxes": torch.randn(2, 64, 50) * 3, "scores": torch.randn(2, 80, 50) * 4 - 4}
+    assert float(output_loss(teacher, teacher, reg_max=16)) == pytest.approx(0, abs=1e-5)
+    losses = [float(output_loss({k: v + noise * torch.randn_like(v) for k, v in teacher.items()}, teacher, 16))
+              for noise in (0.1, 0.5, 2.0)]
+    assert 0 < losses[0] < losses[1] < losses[2], losses
+
+
+@pytest.fixture
+def coco_shapes_data(shapes_data, tmp_path) -> Path:
+    """The shapes images and labels, under the teacher's 80 COCO class names (as the merged training data)."""
+    data_yaml = tmp_path / "coco-shapes.yaml"
+    train_dir = str(shapes_data.parent / "images" / "train")
+    data_yaml.write_text(yaml.safe_dump({"train": train_dir, "val": train_dir, "nc": 80, "names": COCO_NAMES}))
+    return data_yaml
+
+
+def test_output_kd_distills_the_heads_outputs_and_survives_a_resume(coco_shapes_data, teacher_file, tmp_path,
+                                                                    monkeypatch):
+    from ultralytics.utils.callbacks import base
+
+    def stop_after_three_epochs(trainer):
+        if trainer.epoch == 2:
+            raise _Interrupted
+
+    monkeypatch.setitem(base.default_callbacks, "on_fit_epoch_end",
+                        [*base.default_callbacks["on_fit_epoch_end"], stop_after_three_epochs])
+    with pytest.raises(_Interrupted):
+        train("s050", str(coco_shapes_data), stage="distill", teacher=str(teacher_file), project=str(tmp_path),
+              name="kd", epochs=8, freeze_bn=True, output_kd=0.5, **OVERFIT)
+    monkeypatch.undo()
+    out = train("s050", str(coco_shapes_data), resume=str(tmp_path / "kd" / "weights" / "last.pt"), device="cpu",
+                workers=0)
+    results = _results(out.parent.parent)
+    assert results["epoch"] == list(range(1, 9))
+    assert _falls(results["train/out"]), results["train/out"]
+    assert [step.get("output_kd") for step in load_weights(out)[1]["recipe"]] == [0.5]
+
+
+def test_output_kd_needs_the_teachers_classes(shapes_data, teacher_file, tmp_path):
+    with pytest.raises(ValueError, match="output_kd needs the teacher's classes: the data has 2, the teacher 80"):
+        train("s050", str(shapes_data), stage="distill", teacher=str(teacher_file), project=str(tmp_path),
+              epochs=1, output_kd=1.0, **OVERFIT)
+
+
 def test_earlier_seconds_sums_the_processes_before_a_resume(tmp_path):
     from starnet_demo.train import _earlier_seconds
 
@@ -154,7 +201,11 @@ def test_frozen_bn_student_keeps_batchnorms_in_eval_mode():
 
     model = build_model("s050", cls=DistillStudent)
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    assert all(bn.training for bn in model.train().modules())
+    model.train()
+    # The teacher's layers (SPPF, neck, head: 7 on) always run as deployed; the student's own train normally.
+    own = [m for layer in model.model[:7] for m in layer.modules() if isinstance(m, nn.BatchNorm2d)]
+    teachers = [m for layer in model.model[7:] for m in layer.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert own and teachers and all(bn.training for bn in own) and not any(bn.training for bn in teachers)
     model.freeze_bn = True
     model.train()
     assert model.training and model.model[0].training and not any(bn.training for bn in bns)
@@ -163,7 +214,7 @@ def test_frozen_bn_student_keeps_batchnorms_in_eval_mode():
 def test_cli_refuses_frozen_bn_outside_distill(shapes_data, tmp_path, capsys):
     assert main(["train", "--variant", "s050", "--stage", "finetune", "--freeze-bn", "--data", str(shapes_data),
                  "--project", str(tmp_path)]) == 2
-    assert "--freeze-bn and --reestimate-bn apply to the distill stage only" in capsys.readouterr().err
+    assert "--freeze-bn, --reestimate-bn and --output-kd apply to the distill stage only" in capsys.readouterr().err
     assert main(["train", "--variant", "s050", "--stage", "distill", "--reestimate-bn", "--data", str(shapes_data),
                  "--project", str(tmp_path)]) == 2
     assert "reestimate_bn needs trained weights" in capsys.readouterr().err
