@@ -113,16 +113,21 @@ class _Interrupted(Exception):
     """Stands in for a killed process: raised after an epoch's checkpoint is written."""
 
 
-def test_distill_resumes_where_it_stopped_and_keeps_the_recipe(distilled, shapes_data, teacher_file, tmp_path,
-                                                               monkeypatch):
+def _interrupt_after(epochs: int, monkeypatch) -> None:
+    """Make the next trainers raise ``_Interrupted`` once ``epochs`` epochs are saved, through ultralytics' own
+    callbacks (until ``monkeypatch.undo()``)."""
     from ultralytics.utils.callbacks import base
 
-    def stop_after_two_epochs(trainer):
-        if trainer.epoch == 1:
+    def stop(trainer):
+        if trainer.epoch == epochs - 1:
             raise _Interrupted
 
-    monkeypatch.setitem(base.default_callbacks, "on_fit_epoch_end",
-                        [*base.default_callbacks["on_fit_epoch_end"], stop_after_two_epochs])
+    monkeypatch.setitem(base.default_callbacks, "on_fit_epoch_end", [*base.default_callbacks["on_fit_epoch_end"], stop])
+
+
+def test_distill_resumes_where_it_stopped_and_keeps_the_recipe(distilled, shapes_data, teacher_file, tmp_path,
+                                                               monkeypatch):
+    _interrupt_after(2, monkeypatch)
     with pytest.raises(_Interrupted):
         train("s050", str(shapes_data), stage="distill", weights=str(distilled), teacher=str(teacher_file),
               project=str(tmp_path), name="cut", epochs=4, freeze_bn=True, **OVERFIT)
@@ -161,14 +166,7 @@ def coco_shapes_data(shapes_data, tmp_path) -> Path:
 
 def test_output_kd_distills_the_heads_outputs_and_survives_a_resume(coco_shapes_data, teacher_file, tmp_path,
                                                                     monkeypatch):
-    from ultralytics.utils.callbacks import base
-
-    def stop_after_three_epochs(trainer):
-        if trainer.epoch == 2:
-            raise _Interrupted
-
-    monkeypatch.setitem(base.default_callbacks, "on_fit_epoch_end",
-                        [*base.default_callbacks["on_fit_epoch_end"], stop_after_three_epochs])
+    _interrupt_after(3, monkeypatch)
     with pytest.raises(_Interrupted):
         train("s050", str(coco_shapes_data), stage="distill", teacher=str(teacher_file), project=str(tmp_path),
               name="kd", epochs=8, freeze_bn=True, output_kd=0.5, **OVERFIT)
