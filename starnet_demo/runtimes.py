@@ -40,7 +40,7 @@ Progress = Callable[..., Any]
 
 RUNTIMES = ("pytorch", "cudagraph", "compile", "onnxruntime", "openvino", "ultralytics")
 #: ``auto`` takes the first available of these; the order follows the benchmark. On the 2-core CPU, S1 at 640 px
-#: (inference ms, median; ``docs/bench/cpu.md`` idle, ``docs/bench/cpu-busy1.md`` with one core kept busy): where
+#: (inference ms, median; ``docs/bench/cpu-2026-11-28.md`` idle, ``docs/bench/cpu-busy1.md`` one core busy): where
 #: the CPU runs bf16 natively (AMX or AVX512-BF16), OpenVINO bf16 is fastest either way, 20.0 and 39.7 against ONNX
 #: Runtime's 41.0 and 66.1 (video 25.8 against 18.1 FPS on the busy CPU), and passes the accuracy guard (see
 #: ``precisions``). Without native bf16, OpenVINO fp32 wins only on an idle CPU (34.9 against 41.0); on the busy one
@@ -128,8 +128,9 @@ def precisions(runtime: str, device: str = "cpu") -> tuple[str, ...]:
 
     OpenVINO's bf16 (where the CPU runs it natively) costs every shipped variant at most 0.5 points of mAP50-95 on
     the held-out split against fp32 (``bench --precisions all --accuracy``, ``docs/bench/cpu.md``) and runs about 1.7x
-    faster (S1: 20.0 against 34.9 ms), so it is the default. New weights need that guard rerun: the first S1 weights,
-    trained with BatchNorms in train mode on the CPU, lost 0.56 points and would have kept fp32.
+    faster (S1: 20.0 against 34.9 ms, ``docs/bench/cpu-2026-11-28.md``), so it is the default. New weights need that
+    guard rerun: the first S1 weights, trained with BatchNorms in train mode on the CPU, lost 0.56 points and would
+    have kept fp32.
     """
     if is_cuda(device):
         return ("fp16", "fp32") if runtime != "onnxruntime" else ("fp32",)
