@@ -63,7 +63,7 @@ def prepare_data(root: str | Path, out: str | Path, pools: tuple[str, ...] = DEF
     held_names = {p.name for p in held_out}
     held_ids = {i for i in map(_coco_id, held_out) if i}
 
-    train_dirs, counts = [], {}
+    found, counts = [], {}
     for pool in pools:
         folder = root / pool / "images" / "train"
         if not folder.is_dir():
@@ -72,17 +72,16 @@ def prepare_data(root: str | Path, out: str | Path, pools: tuple[str, ...] = DEF
         leaks = [p.name for p in images if p.name in held_names or _coco_id(p) in held_ids]
         if leaks:
             raise ValueError(f"{pool} shares {len(leaks)} image(s) with the held-out val split, e.g. {leaks[:3]}")
-        train_dirs.append(pool)
+        found.append(pool)
         counts[pool] = len(images)
-    if not train_dirs:
+    if not found:
         raise FileNotFoundError(f"no training pools found under {root}")
 
     out.mkdir(parents=True, exist_ok=True)
-    train_dirs = [_linked_split(root, out, pool, "train") for pool in train_dirs]
-    val_dir = _linked_split(root, out, "coco-mini", "val")
+    train_dirs = [_linked_split(root, out, pool, "train") for pool in found]
     data_yaml = out / "data.yaml"
     header = "# Merged by `python -m starnet_demo prepare-data`: " + ", ".join(f"{k} {v}" for k, v in counts.items())
-    body = yaml.safe_dump({"train": train_dirs, "val": val_dir, "nc": len(names), "names": names},
-                          sort_keys=False)
+    val = _linked_split(root, out, "coco-mini", "val")
+    body = yaml.safe_dump({"train": train_dirs, "val": val, "nc": len(names), "names": names}, sort_keys=False)
     data_yaml.write_text(f"{header} training images; val is coco-mini's held-out split.\n{body}")
     return data_yaml
