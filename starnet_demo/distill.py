@@ -32,7 +32,7 @@ from safetensors.torch import load_file
 from torch import nn
 from ultralytics.nn.tasks import DetectionModel
 
-from .model import ADAPTER_LAYERS, BASELINE, TEACHER_FEATURE_LAYERS, build_model, forward_layers
+from .model import ADAPTER_LAYERS, BASELINE, OWN_TEACHER_START, TEACHER_FEATURE_LAYERS, build_model, forward_layers
 
 LEVELS = ("p3", "p4", "p5")
 
@@ -94,7 +94,7 @@ class DistillStudent(DetectionModel):
         the teacher's layers in eval mode always."""
         super().train(mode)
         if mode:
-            self.model[max(ADAPTER_LAYERS) + 1:].eval()
+            self.model[OWN_TEACHER_START:].eval()
         if mode and self.freeze_bn:
             for m in self.modules():
                 if isinstance(m, nn.BatchNorm2d):

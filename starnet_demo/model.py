@@ -22,6 +22,8 @@ BASELINE = "yolov8n"
 # YOLOv8n's layer k (SPPF at 9, then neck and head) is our layer k - TEACHER_OFFSET.
 TEACHER_OFFSET = 2
 TEACHER_FIRST_SHARED = 9
+# Our first layer taken from the teacher (its SPPF): everything from here on is the teacher's.
+OWN_TEACHER_START = TEACHER_FIRST_SHARED - TEACHER_OFFSET
 # Layers whose outputs the distillation matches: (ours, YOLOv8n's) for P3, P4, P5.
 ADAPTER_LAYERS = (4, 5, 6)
 TEACHER_FEATURE_LAYERS = (4, 6, 8)

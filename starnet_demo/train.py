@@ -40,7 +40,7 @@ from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK
 from ultralytics.utils.patches import torch_load
 
 from .distill import DistillStudent, eval_feature_loss, load_teacher, recalibrate_bn, reestimate_bn_if_better
-from .model import build_model, init_from_teacher
+from .model import OWN_TEACHER_START, build_model, init_from_teacher
 from .weights import load_weights, save_weights
 
 STAGES = ("distill", "finetune")
@@ -48,7 +48,7 @@ STAGES = ("distill", "finetune")
 # teacher, what was done to the BatchNorms), so that its exported weights still carry their whole history.
 RUN_NOTES = "starnet_run.json"
 # The teacher's SPPF, neck and head sit at layers 7-20 of our YAMLs; the distill stage trains only layers 0-6.
-FROZEN_IN_DISTILL = list(range(7, 21))
+FROZEN_IN_DISTILL = list(range(OWN_TEACHER_START, 21))
 
 STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
     # Regression from a random backbone: a larger AdamW step and no detection-loss warm-up bias.
