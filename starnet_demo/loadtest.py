@@ -271,9 +271,15 @@ class RssSampler(threading.Thread):
         except psutil.Error:
             return 0
 
+    def sample(self) -> int:
+        """One reading, kept with the others, so that the peak covers the start, after-warm-up and end readings."""
+        t, rss = time.monotonic() - self.t0, self.rss()
+        self.samples.append((t, rss))
+        return rss
+
     def run(self) -> None:
         while not self.stop.wait(self.every_s):
-            self.samples.append((time.monotonic() - self.t0, self.rss()))
+            self.sample()
 
 
 def _stats(values: Sequence[float]) -> dict[str, float | None]:
@@ -312,7 +318,7 @@ def run(url: str, users: int = 8, duration_s: float = 60, warmup_s: float = 10, 
         start = time.monotonic()
         sampler = RssSampler(pid, start) if pid else None
         if sampler:
-            rss_start = sampler.rss()
+            rss_start = sampler.sample()
             sampler.start()
         client = Client(url, verbose=False)
         say(f"warm-up: loading {len(plan.variants)} variant(s) x {len(plan.devices)} device(s)")
@@ -341,14 +347,14 @@ def run(url: str, users: int = 8, duration_s: float = 60, warmup_s: float = 10, 
         rss_warm = None
         if sampler:
             time.sleep(max(0.0, phase["t0"] - time.monotonic()))
-            rss_warm = sampler.rss()
+            rss_warm = sampler.sample()
         for t in threads:
             t.join()
         finished = time.monotonic()
         if sampler:
             sampler.stop.set()
             sampler.join()
-            rss_end = sampler.rss()
+            rss_end = sampler.sample()
 
     measured = [r for r in records if r.start_s >= 0]
     requests = [r for r in measured if r.kind != "webcam"]  # webcam frames are reported apart
