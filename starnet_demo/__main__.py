@@ -56,9 +56,10 @@ def cmd_train(args: argparse.Namespace) -> None:
         common[key] = _literal(value)
     if args.resume and (len(stages) > 1 or len(args.variant) > 1):
         raise ValueError("--resume continues one run: give one --variant and one --stage")
-    distill_only = {"freeze_bn": args.freeze_bn, "reestimate_bn": args.reestimate_bn, "output_kd": args.output_kd}
+    distill_only = {"freeze_bn": args.freeze_bn, "reestimate_bn": args.reestimate_bn, "output_kd": args.output_kd,
+                    "train_head": args.train_head}
     if any(distill_only.values()) and "distill" not in stages:
-        raise ValueError("--freeze-bn, --reestimate-bn and --output-kd apply to the distill stage only")
+        raise ValueError("--freeze-bn, --reestimate-bn, --output-kd and --train-head apply to the distill stage only")
     for variant in args.variant:
         weights = _weights_for(args.weights, variant)
         for i, stage in enumerate(stages):
@@ -236,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output-kd", type=float, default=0.0, metavar="WEIGHT",
                    help="distill the frozen head's outputs too (class and box divergence from the teacher's), "
                         "with this weight beside the feature loss")
+    s.add_argument("--train-head", action="store_true",
+                   help="with --output-kd, train the SPPF, neck and head taken from the teacher too, so that they "
+                        "adapt to StarNet's features")
     s.add_argument("--epochs", type=int)
     s.add_argument("--time-min", help="time budget in minutes (overrides --epochs); one per stage, comma-separated")
     s.add_argument("--imgsz", help="training image size; one per stage, comma-separated")

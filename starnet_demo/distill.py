@@ -8,6 +8,8 @@ The pieces, used by the ``distill`` and ``finetune`` stages of ``starnet_demo.tr
   it distils the neck's outputs next to a detection loss, and needs labels and a compatible neck already;
 * ``DistillStudent.output_kd`` adds, with that weight, the divergence of the (frozen) head's outputs from the
   teacher's (``output_loss``): the backbone's remaining feature error then goes where the head is sensitive to it;
+* ``DistillStudent.train_head`` lets that output term train the student's copies of the SPPF, neck and head as well,
+  so that they adapt to the features StarNet gives them instead of those YOLOv8n's backbone gave;
 * ``DistillStudent.freeze_bn`` keeps every BatchNorm in eval mode while training, so the loss is computed on the
   function that is deployed. Continuing from trained weights with small CPU batches (16) without it, the backbone
   came to rely on batch statistics: P4 feature loss 0.44 in train mode, 23531 in eval mode
@@ -80,18 +82,19 @@ class DistillStudent(DetectionModel):
     ``output_kd`` times ``output_loss`` on the head's outputs.
 
     The teacher is referenced by path, not held as a submodule, so it is never trained, averaged by EMA, pickled
-    into checkpoints or counted as the student's parameters. The teacher's SPPF, neck and head always run in eval
-    mode: they are frozen, and their BatchNorms are folded, which is exact only in eval mode.
+    into checkpoints or counted as the student's parameters. The SPPF, neck and head taken from the teacher always run
+    in eval mode: their BatchNorms are folded, which is exact only in eval mode. They are frozen unless ``train_head``.
     """
 
     teacher_path: str = ""
     freeze_bn: bool = False
     output_kd: float = 0.0
+    train_head: bool = False
     criterion = None  # the loss below needs no ultralytics criterion
 
     def train(self, mode: bool = True) -> DistillStudent:
         """``nn.Module.train``, leaving BatchNorms in eval mode (running statistics fixed) when ``freeze_bn``, and
-        the teacher's layers in eval mode always."""
+        the layers taken from the teacher in eval mode always."""
         super().train(mode)
         if mode:
             self.model[OWN_TEACHER_START:].eval()

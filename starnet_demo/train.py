@@ -47,7 +47,8 @@ STAGES = ("distill", "finetune")
 # Beside each run's weights/: what a resumed run cannot read from ultralytics' checkpoint (the recipe so far, the
 # teacher, what was done to the BatchNorms), so that its exported weights still carry their whole history.
 RUN_NOTES = "starnet_run.json"
-# The teacher's SPPF, neck and head sit at layers 7-20 of our YAMLs; the distill stage trains only layers 0-6.
+# The teacher's SPPF, neck and head sit at layers 7-20 of our YAMLs; the distill stage trains only layers 0-6, unless
+# it trains the head too.
 FROZEN_IN_DISTILL = list(range(OWN_TEACHER_START, 21))
 
 STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -70,7 +71,7 @@ class StarNetTrainer(DetectionTrainer):
         model = self.set_model_names_for_load(DistillStudent(cfg, nc=self.data["nc"], ch=self.data["channels"],
                                                              verbose=verbose and RANK == -1))
         model.load(weights)
-        for setting in ("teacher_path", "freeze_bn", "output_kd"):
+        for setting in ("teacher_path", "freeze_bn", "output_kd", "train_head"):
             setattr(model, setting, getattr(weights, setting))
         return model
 
@@ -116,7 +117,7 @@ def _describe_data(data: dict) -> dict[str, list[str] | str]:
 
 def initial_model(variant: str, stage: str, data: dict, *, weights: str | None, teacher: str | None,
                   pretrained: bool | str, imgsz: int, freeze_bn: bool = False, reestimate: bool = False,
-                  output_kd: float = 0.0) -> tuple[DetectionModel, list[dict], list[str]]:
+                  output_kd: float = 0.0, train_head: bool = False) -> tuple[DetectionModel, list[dict], list[str]]:
     """The model a stage starts from, the recipe that produced it, and what was done to its BatchNorms."""
     recipe: list[dict] = []
     batchnorm: list[str] = []
@@ -131,13 +132,15 @@ def initial_model(variant: str, stage: str, data: dict, *, weights: str | None, 
                         cls=cls)
     if weights:
         model.load_state_dict(state)
-    if teacher and (stage == "distill" or not weights):
+    # A distill stage restarts from the teacher's SPPF, neck and head, unless an earlier step trained them.
+    head_trained = any(step.get("train_head") for step in recipe)
+    if teacher and (not weights or (stage == "distill" and not head_trained)):
         init_from_teacher(model, load_file(teacher))
     if stage == "distill":
         if not teacher:
             raise ValueError("the distill stage needs --teacher (a YOLOv8n state dict in safetensors)")
         model.teacher_path = str(Path(teacher).resolve())
-        model.freeze_bn, model.output_kd = freeze_bn, output_kd
+        model.freeze_bn, model.output_kd, model.train_head = freeze_bn, output_kd, train_head
         if output_kd and (theirs := load_teacher(model.teacher_path).model[-1].nc) != model.model[-1].nc:
             raise ValueError(f"output_kd needs the teacher's classes: the data has {model.model[-1].nc}, the teacher "
                              f"{theirs}")
@@ -158,7 +161,7 @@ def initial_model(variant: str, stage: str, data: dict, *, weights: str | None, 
 def train(variant: str, data: str, *, stage: str = "finetune", weights: str | None = None,
           teacher: str | None = None, pretrained: bool | str = False, resume: str | None = None,
           project: str = "runs/starnet", name: str | None = None, freeze_bn: bool = False,
-          reestimate_bn: bool = False, output_kd: float = 0.0, **overrides: Any) -> Path:
+          reestimate_bn: bool = False, output_kd: float = 0.0, train_head: bool = False, **overrides: Any) -> Path:
     """Run one stage; returns the config path of the weights it wrote (``<run>/export/<variant>.json``).
 
     ``overrides`` are ultralytics train arguments (``epochs``, ``imgsz``, ``batch``, ``device``, ``time``, ``amp``,
@@ -166,8 +169,10 @@ def train(variant: str, data: str, *, stage: str = "finetune", weights: str | No
     """
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
-    if (freeze_bn or reestimate_bn or output_kd) and stage != "distill":
-        raise ValueError("freeze_bn, reestimate_bn and output_kd apply to the distill stage only")
+    if (freeze_bn or reestimate_bn or output_kd or train_head) and stage != "distill":
+        raise ValueError("freeze_bn, reestimate_bn, output_kd and train_head apply to the distill stage only")
+    if train_head and not output_kd:
+        raise ValueError("train_head needs output_kd: the head learns from the teacher's outputs")
     if reestimate_bn and not weights:
         raise ValueError("reestimate_bn needs trained weights to start from")
     started = time.time()
@@ -187,11 +192,12 @@ def train(variant: str, data: str, *, stage: str = "finetune", weights: str | No
         imgsz = int(overrides.get("imgsz", 640))
         model, recipe_base, batchnorm = initial_model(variant, stage, data_dict, weights=weights, teacher=teacher,
                                                       pretrained=pretrained, imgsz=imgsz, freeze_bn=freeze_bn,
-                                                      reestimate=reestimate_bn, output_kd=output_kd)
+                                                      reestimate=reestimate_bn, output_kd=output_kd,
+                                                      train_head=train_head)
         args = {**STAGE_DEFAULTS[stage], "plots": False, **overrides, "data": data_yaml,
                 "project": str(Path(project).resolve()), "name": name or f"{variant}-{stage}",
                 "model": str(model.yaml["yaml_file"])}
-        if stage == "distill":
+        if stage == "distill" and not train_head:
             args["freeze"] = FROZEN_IN_DISTILL
         trainer = StarNetTrainer(overrides=args)
         trainer.model = model
@@ -221,6 +227,8 @@ def train(variant: str, data: str, *, stage: str = "finetune", weights: str | No
     }
     if getattr(ema, "output_kd", 0.0):
         step["output_kd"] = ema.output_kd
+    if getattr(ema, "train_head", False):
+        step["train_head"] = True
     if batchnorm:
         step["batchnorm"] = ", then ".join(batchnorm)
     return save_weights(final, trainer.save_dir / "export", {"recipe": [*recipe_base, step], "imgsz":

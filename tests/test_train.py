@@ -23,7 +23,7 @@ from starnet_demo import BASELINE, as_yolo, build_model
 from starnet_demo.__main__ import main
 from starnet_demo.data import prepare_data
 from starnet_demo.distill import feature_loss, output_loss, recalibrate_bn, reestimate_bn, reestimate_bn_if_better
-from starnet_demo.model import COCO_NAMES
+from starnet_demo.model import COCO_NAMES, OWN_TEACHER_START, init_from_teacher
 from starnet_demo.train import train
 from starnet_demo.weights import load_weights
 
@@ -176,7 +176,42 @@ def test_output_kd_distills_the_heads_outputs_and_survives_a_resume(coco_shapes_
     results = _results(out.parent.parent)
     assert results["epoch"] == list(range(1, 9))
     assert _falls(results["train/out"]), results["train/out"]
-    assert [step.get("output_kd") for step in load_weights(out)[1]["recipe"]] == [0.5]
+    model, config = load_weights(out)
+    assert [step.get("output_kd") for step in config["recipe"]] == [0.5]
+    assert _head_changed(model, teacher_file) == (False, False)  # only the backbone and adapters learnt
+
+
+def _head_changed(model: nn.Module, teacher_file: Path) -> tuple[bool, bool]:
+    """Whether the layers taken from the teacher (SPPF, neck, head) differ from the teacher's: (any conv, DFL)."""
+    reference = build_model("s050", nc=80, names=COCO_NAMES)
+    init_from_teacher(reference, load_file(teacher_file))
+    ours, theirs = model.state_dict(), reference.state_dict()
+    taken = [k for k in theirs if int(k.split(".")[1]) >= OWN_TEACHER_START and k.endswith("conv.weight")]
+    dfl = [k for k in taken if ".dfl." in k]
+    assert taken and dfl
+    differs = [k for k in taken if not torch.equal(ours[k].half(), theirs[k].half())]  # weights/ stores fp16
+    return any(k not in dfl for k in differs), any(k in dfl for k in differs)
+
+
+def test_train_head_adapts_the_teachers_layers_and_a_later_distill_keeps_them(coco_shapes_data, teacher_file,
+                                                                               tmp_path):
+    out = train("s050", str(coco_shapes_data), stage="distill", teacher=str(teacher_file), project=str(tmp_path),
+                name="head", epochs=2, freeze_bn=True, output_kd=0.5, train_head=True, **OVERFIT)
+    model, config = load_weights(out)
+    assert [step.get("train_head") for step in config["recipe"]] == [True]
+    assert _head_changed(model, teacher_file) == (True, False)  # DFL's fixed projection stays
+    # A later distill step without train_head starts from the trained head rather than the teacher's again.
+    later = train("s050", str(coco_shapes_data), stage="distill", weights=str(out), teacher=str(teacher_file),
+                  project=str(tmp_path), name="after", epochs=1, freeze_bn=True, output_kd=0.5, **OVERFIT)
+    kept, trained = load_weights(later)[0].state_dict(), model.state_dict()
+    neck = [k for k in trained if int(k.split(".")[1]) >= OWN_TEACHER_START]
+    assert all(torch.equal(kept[k], trained[k]) for k in neck)
+
+
+def test_train_head_needs_output_kd(coco_shapes_data, teacher_file, tmp_path):
+    with pytest.raises(ValueError, match="train_head needs output_kd"):
+        train("s050", str(coco_shapes_data), stage="distill", teacher=str(teacher_file), project=str(tmp_path),
+              epochs=1, train_head=True, **OVERFIT)
 
 
 def test_output_kd_needs_the_teachers_classes(shapes_data, teacher_file, tmp_path):
@@ -212,7 +247,8 @@ def test_frozen_bn_student_keeps_batchnorms_in_eval_mode():
 def test_cli_refuses_frozen_bn_outside_distill(shapes_data, tmp_path, capsys):
     assert main(["train", "--variant", "s050", "--stage", "finetune", "--freeze-bn", "--data", str(shapes_data),
                  "--project", str(tmp_path)]) == 2
-    assert "--freeze-bn, --reestimate-bn and --output-kd apply to the distill stage only" in capsys.readouterr().err
+    assert ("--freeze-bn, --reestimate-bn, --output-kd and --train-head apply to the distill stage only"
+            in capsys.readouterr().err)
     assert main(["train", "--variant", "s050", "--stage", "distill", "--reestimate-bn", "--data", str(shapes_data),
                  "--project", str(tmp_path)]) == 2
     assert "reestimate_bn needs trained weights" in capsys.readouterr().err
