@@ -113,13 +113,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
     model, _ = load_weights(path)
     tensors = Path(path).with_suffix(".safetensors")
     result = evaluate(model, args.data, imgsz=args.imgsz, batch=args.batch, device=args.device,
-                      weights_file=tensors)
+                      weights_file=tensors, bootstrap=args.bootstrap)
     write_json(result, args.out)
     if args.record:
         from .weights import record_metrics
 
-        keys = ("map50", "map50_95", "precision", "recall", "imgsz", "device")
-        record_metrics(path, {"data": args.record, **{k: result[k] for k in keys}, **_teacher_reference(args)})
+        keys = ("map50", "map50_se", "map50_95", "map50_95_se", "precision", "recall", "imgsz", "device")
+        record_metrics(path, {"data": args.record, **{k: result[k] for k in keys if k in result},
+                              **_teacher_reference(args)})
         print(f"recorded in {Path(path).with_suffix('.json')}")
 
 
@@ -267,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch", type=int, default=16)
     s.add_argument("--device", default="cpu")
     s.add_argument("--out")
+    s.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                   help="resample the images N times for the mAPs' standard errors (0: skip)")
     s.add_argument("--record", metavar="SPLIT_NAME",
                    help="also store the figures in the weights' JSON config under this split name")
     s.add_argument("--teacher-map50", type=float, help="reference mAP50 to record beside ours")

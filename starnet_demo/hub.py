@@ -258,7 +258,8 @@ comparisons, visualising what the star product responds to, and a starting point
 AGPL-3.0, like ultralytics on which the models run.
 """
 
-_METRIC_NAMES = {"map50": "mAP50", "map50_95": "mAP50-95", "precision": "precision", "recall": "recall"}
+_METRIC_NAMES = {"map50": "mAP50", "map50_se": "mAP50 s.e.", "map50_95": "mAP50-95",
+                 "map50_95_se": "mAP50-95 s.e.", "precision": "precision", "recall": "recall"}
 
 
 def _cell(value: Any) -> str:

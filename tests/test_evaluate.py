@@ -1,0 +1,80 @@
+"""The eval command on real weights: ultralytics' validator figures, their bootstrap standard errors, the JSON file
+and what ``--record`` stores in the weights' config and model card."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from starnet_demo.__main__ import main
+from starnet_demo.evaluate import images_map
+from starnet_demo.hub import model_card
+from starnet_demo.model import as_yolo
+from starnet_demo.weights import load_weights, read_config, sha256_file
+
+ROOT = Path(__file__).resolve().parent.parent
+IMGSZ = 320
+
+
+@pytest.fixture(scope="module")
+def self_labelled(tmp_path_factory) -> Path:
+    """The example photos, labelled with S1's own confident detections, every second image's boxes moved off their
+    objects: figures well above 0 and below 1, which differ between images, so resampling them moves the mAP."""
+    root = tmp_path_factory.mktemp("self-labelled")
+    images, labels = root / "images" / "val", root / "labels" / "val"
+    images.mkdir(parents=True)
+    labels.mkdir(parents=True)
+    model, config = load_weights(ROOT / "weights" / "s1.json")
+    photos = sorted(p for p in (ROOT / "examples").glob("*.jpg"))
+    for i, result in enumerate(as_yolo(model).predict([str(p) for p in photos], imgsz=IMGSZ, conf=0.3,
+                                                      verbose=False)):
+        xywhn = result.boxes.xywhn.numpy()
+        if i % 2:
+            xywhn[:, :2] = (xywhn[:, :2] + 0.5) % 1  # the same boxes, elsewhere
+        rows = [f"{int(c)} {x:.6f} {y:.6f} {w:.6f} {h:.6f}"
+                for c, (x, y, w, h) in zip(result.boxes.cls, xywhn, strict=True)]
+        shutil.copy(photos[i], images / photos[i].name)
+        (labels / f"{photos[i].stem}.txt").write_text("\n".join(rows) + "\n")
+    (root / "data.yaml").write_text(yaml.safe_dump({"val": str(images), "train": str(images),
+                                                    "names": dict(enumerate(config["names"]))}))
+    return root / "data.yaml"
+
+
+def test_eval_writes_the_figures_with_their_standard_errors_and_records_them(self_labelled, tmp_path, capsys):
+    weights = tmp_path / "weights"
+    shutil.copytree(ROOT / "weights", weights, ignore=shutil.ignore_patterns("s2*", "s3*", "s4*"))
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--variant", "s1", "--weights", str(weights), "--data", str(self_labelled), "--imgsz",
+                 str(IMGSZ), "--out", str(out), "--bootstrap", "200", "--record", "self-labelled",
+                 "--teacher-map50", "0.5"]) == 0
+    result = json.loads(out.read_text())
+    assert result["variant"] == "s1" and result["images"] == len(list((ROOT / "examples").glob("*.jpg")))
+    assert result["weights_sha256"] == sha256_file(weights / "s1.safetensors")
+    assert 0.2 < result["map50"] < 0.95 and 0 < result["map50_95"] <= result["map50"]
+    assert 0 < result["map50_se"] < 0.5 and 0 < result["map50_95_se"] < 0.5
+    assert {"person", "bus"} <= set(result["per_class"]) and set(result["speed_ms"]) >= {"inference"}
+    metrics = read_config(weights / "s1.json")["metrics"]
+    assert metrics == {"data": "self-labelled", "teacher_map50": 0.5, **{k: result[k] for k in (
+        "map50", "map50_se", "map50_95", "map50_95_se", "precision", "recall", "imgsz", "device")}}
+    card = str(model_card({"s1": read_config(weights / "s1.json")}))
+    assert "| variant | mAP50 | mAP50 s.e. | mAP50-95 | mAP50-95 s.e. |" in card
+    assert f"| s1 | {result['map50']:.4g} | {result['map50_se']:.4g} |" in card
+
+
+def test_images_map_reproduces_ultralytics_and_moves_with_the_draw():
+    rng = np.random.default_rng(0)
+
+    def image(hit: bool) -> dict[str, np.ndarray]:
+        """One object of class 0 and one detection of it, right or wrong at every IoU threshold."""
+        return {"tp": np.full((1, 10), hit), "conf": rng.random(1), "pred_cls": np.zeros(1),
+                "target_cls": np.zeros(1)}
+
+    images = [image(True), image(True), image(False), image(False)]
+    assert images_map(images, [0, 1]) == (pytest.approx(1.0, abs=0.01), pytest.approx(1.0, abs=0.01))
+    assert images_map(images, [2, 3]) == (0.0, 0.0)
+    assert 0 < images_map(images)[0] < 1
