@@ -69,6 +69,7 @@ def evaluate(model: DetectionModel, data: str, *, imgsz: int = 640, batch: int =
         "variant": getattr(model.model[0], "variant", "yolov8n"),
         "data": str(data),
         "imgsz": imgsz,
+        "batch": batch,  # rect batches share a letterbox shape, so the batch size moves the figures
         "device": device,
         "map50": round(float(box.map50), 5),
         "map50_95": round(float(box.map), 5),

@@ -54,6 +54,7 @@ def test_eval_writes_the_figures_with_their_standard_errors_and_records_them(sel
                  "--teacher-map50", "0.5"]) == 0
     result = json.loads(out.read_text())
     assert result["variant"] == "s1" and result["images"] == len(list((ROOT / "examples").glob("*.jpg")))
+    assert (result["imgsz"], result["batch"]) == (IMGSZ, 16)
     assert result["weights_sha256"] == sha256_file(weights / "s1.safetensors")
     assert 0.2 < result["map50"] < 0.95 and 0 < result["map50_95"] <= result["map50"]
     assert 0 < result["map50_se"] < 0.5 and 0 < result["map50_95_se"] < 0.5
