@@ -112,8 +112,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
         resolve_weights(args.variant, repo_id=args.repo_id, revision=args.revision)
     model, _ = load_weights(path)
     tensors = Path(path).with_suffix(".safetensors")
+    against = _weights_for(args.against, args.variant)
     result = evaluate(model, args.data, imgsz=args.imgsz, batch=args.batch, device=args.device,
-                      weights_file=tensors, bootstrap=args.bootstrap)
+                      weights_file=tensors, bootstrap=args.bootstrap,
+                      against=load_weights(against)[0] if against else None,
+                      against_file=Path(against).with_suffix(".safetensors") if against else None)
     write_json(result, args.out)
     if args.record:
         from .weights import record_metrics
@@ -270,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out")
     s.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                    help="resample the images N times for the mAPs' standard errors (0: skip)")
+    s.add_argument("--against", metavar="WEIGHTS",
+                   help="other weights (file, or folder with the same variant) to compare with on the same images: "
+                        "the mAP differences and their paired standard errors")
     s.add_argument("--record", metavar="SPLIT_NAME",
                    help="also store the figures in the weights' JSON config under this split name")
     s.add_argument("--teacher-map50", type=float, help="reference mAP50 to record beside ours")

@@ -79,3 +79,26 @@ def test_images_map_reproduces_ultralytics_and_moves_with_the_draw():
     assert images_map(images, [0, 1]) == (pytest.approx(1.0, abs=0.01), pytest.approx(1.0, abs=0.01))
     assert images_map(images, [2, 3]) == (0.0, 0.0)
     assert 0 < images_map(images)[0] < 1
+
+
+def test_eval_against_other_weights_gives_the_paired_difference(self_labelled, tmp_path):
+    common = ["eval", "--variant", "s1", "--weights", str(ROOT / "weights"), "--data", str(self_labelled), "--imgsz",
+              str(IMGSZ), "--bootstrap", "100"]
+    assert main([*common, "--against", str(ROOT / "weights" / "s2.json"), "--out", str(tmp_path / "s2.json")]) == 0
+    result = json.loads((tmp_path / "s2.json").read_text())
+    other = result["against"]
+    assert other["variant"] == "s2" and other["weights_sha256"] == sha256_file(ROOT / "weights" / "s2.safetensors")
+    assert other["map50_difference"] == pytest.approx(result["map50"] - other["map50"], abs=2e-5)
+    assert other["map50_95_difference"] == pytest.approx(result["map50_95"] - other["map50_95"], abs=2e-5)
+    assert other["map50_difference_se"] > 0 and other["map50_95_difference_se"] > 0
+    # Against itself, every resampling gives the same figures to both.
+    assert main([*common, "--against", str(ROOT / "weights"), "--out", str(tmp_path / "self.json")]) == 0
+    same = json.loads((tmp_path / "self.json").read_text())["against"]
+    assert [same[k] for k in ("map50_difference", "map50_difference_se", "map50_95_difference_se")] == [0, 0, 0]
+
+
+def test_eval_against_missing_weights_is_one_line(self_labelled, tmp_path, capsys):
+    assert main(["eval", "--variant", "s1", "--weights", str(ROOT / "weights"), "--data", str(self_labelled),
+                 "--against", str(tmp_path / "nowhere.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "nowhere" in err and "\n" not in err and "Traceback" not in err
