@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,35 +27,36 @@ def images_map(images: Sequence[dict[str, np.ndarray]], pick: Sequence[int] | No
     return (float(ap[:, 0].mean()), float(ap.mean())) if len(ap) else (0.0, 0.0)
 
 
-def bootstrap_se(images: Sequence[dict[str, np.ndarray]], resamples: int, seed: int = 0) -> dict[str, float]:
+def _resampled_se(n_images: int, resamples: int, measure: Callable[[np.ndarray], tuple[float, float]],
+                  seed: int = 0) -> tuple[float, float]:
+    """The standard deviations of ``measure(pick)`` (an mAP50 and an mAP50-95) over resamplings of the images."""
+    rng = np.random.default_rng(seed)
+    draws = np.array([measure(rng.integers(n_images, size=n_images)) for _ in range(resamples)])
+    se50, se = draws.std(axis=0, ddof=1)
+    return round(float(se50), 5), round(float(se), 5)
+
+
+def bootstrap_se(images: Sequence[dict[str, np.ndarray]], resamples: int) -> dict[str, float]:
     """Standard errors of mAP50 and mAP50-95 over resamplings of the images with replacement: on a split of 128
     images, how far the figures would move on another draw of images like them.
 
     A standard error rather than a percentile interval: mAP is not a mean over images, and its resamples centre
     off the figure (S1 on coco-mini val: 0.405 against 0.385), so percentiles would not bracket it evenly.
     """
-    rng = np.random.default_rng(seed)
-    draws = np.array([images_map(images, rng.integers(len(images), size=len(images))) for _ in range(resamples)])
-    se50, se = draws.std(axis=0, ddof=1)
-    return {"map50_se": round(float(se50), 5), "map50_95_se": round(float(se), 5)}
+    se50, se = _resampled_se(len(images), resamples, lambda pick: images_map(images, pick))
+    return {"map50_se": se50, "map50_95_se": se}
 
 
-def paired_difference(ours: Sequence[dict[str, np.ndarray]], theirs: Sequence[dict[str, np.ndarray]],
-                      resamples: int, seed: int = 0) -> dict[str, float]:
-    """Our mAPs minus theirs on the same images, with standard errors over the same resamplings for both. Far
-    smaller than either figure's own (two S1 weights on coco-mini val: 0.010 against 0.028), as an image that is hard
-    for one model is mostly hard for the other: this is the figure that says whether new weights are better."""
+def paired_se(ours: Sequence[dict[str, np.ndarray]], theirs: Sequence[dict[str, np.ndarray]],
+              resamples: int) -> dict[str, float]:
+    """Standard errors of our mAPs minus theirs, over the same resamplings of the images for both. Far smaller than
+    either figure's own (two S1 weights on coco-mini val: 0.010 against 0.028), as an image that is hard for one model
+    is mostly hard for the other: this is the figure that says whether new weights are better."""
     if len(ours) != len(theirs):
         raise ValueError(f"the two evaluations saw {len(ours)} and {len(theirs)} images")
-    result = dict(zip(("map50_difference", "map50_95_difference"),
-                      (round(float(d), 5) for d in np.subtract(images_map(ours), images_map(theirs))), strict=True))
-    if resamples:
-        rng = np.random.default_rng(seed)
-        picks = [rng.integers(len(ours), size=len(ours)) for _ in range(resamples)]
-        draws = np.array([np.subtract(images_map(ours, pick), images_map(theirs, pick)) for pick in picks])
-        se50, se = draws.std(axis=0, ddof=1)
-        result |= {"map50_difference_se": round(float(se50), 5), "map50_95_difference_se": round(float(se), 5)}
-    return result
+    se50, se = _resampled_se(len(ours), resamples,
+                             lambda pick: np.subtract(images_map(ours, pick), images_map(theirs, pick)))
+    return {"map50_difference_se": se50, "map50_95_difference_se": se}
 
 
 def _validate(model: DetectionModel, data: str, **settings: Any) -> tuple[Any, list[dict[str, np.ndarray]]]:
@@ -112,11 +113,14 @@ def evaluate(model: DetectionModel, data: str, *, imgsz: int = 640, batch: int =
     }
     if against is not None:
         theirs_metrics, theirs = _validate(against, data, **settings)
+        other = theirs_metrics.box
         result["against"] = {"variant": _variant(against),
                              "weights_sha256": sha256_file(against_file) if against_file else None,
-                             "map50": round(float(theirs_metrics.box.map50), 5),
-                             "map50_95": round(float(theirs_metrics.box.map), 5),
-                             **paired_difference(images, theirs, bootstrap)}
+                             "map50": round(float(other.map50), 5),
+                             "map50_95": round(float(other.map), 5),
+                             "map50_difference": round(float(box.map50 - other.map50), 5),
+                             "map50_95_difference": round(float(box.map - other.map), 5),
+                             **(paired_se(images, theirs, bootstrap) if bootstrap else {})}
     return result
 
 
