@@ -40,8 +40,8 @@ def bootstrap_se(images: Sequence[dict[str, np.ndarray]], resamples: int) -> dic
     """Standard errors of mAP50 and mAP50-95 over resamplings of the images with replacement: on a split of 128
     images, how far the figures would move on another draw of images like them.
 
-    A standard error rather than a percentile interval: mAP is not a mean over images, and its resamples centre
-    off the figure (S1 on coco-mini val: 0.405 against 0.385), so percentiles would not bracket it evenly.
+    A standard error rather than a percentile interval: mAP is not a mean over images, and its resamples need not
+    centre on the figure, so percentiles need not bracket it evenly.
     """
     se50, se = _resampled_se(len(images), resamples, lambda pick: images_map(images, pick))
     return {"map50_se": se50, "map50_95_se": se}
@@ -50,7 +50,8 @@ def bootstrap_se(images: Sequence[dict[str, np.ndarray]], resamples: int) -> dic
 def paired_se(ours: Sequence[dict[str, np.ndarray]], theirs: Sequence[dict[str, np.ndarray]],
               resamples: int) -> dict[str, float]:
     """Standard errors of our mAPs minus theirs, over the same resamplings of the images for both. Far smaller than
-    either figure's own (two S1 weights on coco-mini val: 0.010 against 0.028), as an image that is hard for one model
+    either figure's own (two S1 weights on coco-mini val: 0.010 against 0.028,
+    ``docs/training/s1-cpu-train-head.against-committed.json``), as an image that is hard for one model
     is mostly hard for the other: this is the figure that says whether new weights are better."""
     if len(ours) != len(theirs):
         raise ValueError(f"the two evaluations saw {len(ours)} and {len(theirs)} images")
