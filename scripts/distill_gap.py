@@ -55,7 +55,7 @@ def main() -> None:
     for item in args.weights:
         label, _, path = item.rpartition("=")
         model, config = load_weights(path)
-        student = build_model(config["variant"], nc=len(config["names"]), names=config["names"], cls=DistillStudent)
+        student = build_model(config["variant"], nc=config["nc"], names=model.names, cls=DistillStudent)
         student.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
         student.teacher_path, student.output_kd = str(Path(args.teacher).resolve()), 1.0
         student.eval()
