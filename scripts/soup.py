@@ -16,20 +16,16 @@ import argparse
 from pathlib import Path
 
 import torch
-from ultralytics.utils.patches import torch_load
 
 from starnet_demo.model import build_model
+from starnet_demo.train import checkpoint_ema
 from starnet_demo.weights import load_weights, save_weights
 
 
 def member_state(source: str) -> tuple[dict[str, torch.Tensor], dict[int, str]]:
     """A member's tensors in fp32 and its class names, from our weights or a training checkpoint."""
-    if source.endswith(".pt"):
-        ckpt = torch_load(source, map_location="cpu")
-        model = ckpt.get("ema") or ckpt["model"]
-    else:
-        model, _ = load_weights(source)
-    return {k: v.float() for k, v in model.state_dict().items()}, model.names
+    model = checkpoint_ema(source) if source.endswith(".pt") else load_weights(source)[0]
+    return {k: v.float() if v.is_floating_point() else v for k, v in model.state_dict().items()}, model.names
 
 
 def main() -> None:

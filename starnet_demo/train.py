@@ -115,6 +115,12 @@ def _describe_data(data: dict) -> dict[str, list[str] | str]:
     return {"train": [short(p) for p in train], "val": short(data["val"])}
 
 
+def checkpoint_ema(path: str | Path) -> DetectionModel:
+    """The EMA model an ultralytics training checkpoint holds, which is what a run exports."""
+    ckpt = torch_load(path, map_location="cpu")
+    return ckpt.get("ema") or ckpt["model"]  # strip_optimizer moves the EMA to "model"
+
+
 def initial_model(variant: str, stage: str, data: dict, *, weights: str | None, teacher: str | None,
                   pretrained: bool | str, imgsz: int, freeze_bn: bool = False, reestimate: bool = False,
                   output_kd: float = 0.0, train_head: bool = False) -> tuple[DetectionModel, list[dict], list[str]]:
@@ -207,8 +213,7 @@ def train(variant: str, data: str, *, stage: str = "finetune", weights: str | No
     trainer.train()
 
     best = Path(trainer.best if Path(trainer.best).is_file() else trainer.last)
-    ckpt = torch_load(best, map_location="cpu")
-    ema = ckpt.get("ema") or ckpt["model"]  # strip_optimizer moves the EMA to "model"
+    ema = checkpoint_ema(best)
     final = build_model(variant, nc=len(ema.names), names=ema.names)
     final.load_state_dict({k: v.float() for k, v in ema.state_dict().items()})
     metrics = {k: round(float(v), 5) for k, v in (trainer.metrics or {}).items()}
