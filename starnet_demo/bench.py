@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .data import held_out_view
 from .detector import Detector, check_imgsz, normalise_device
 from .latency import Samples
 from .model import BASELINE
@@ -212,20 +213,21 @@ def bench(variants: list[str], runtimes: list[str] | None = None, device: str = 
                 except Exception as e:  # keep the latency figures; say why the video ones are missing
                     record["video_error"] = f"{type(e).__name__}: {e}"
                     log(f"bench: {_label(record)}: video failed: {record['video_error']}")
-    for record, samples in live if accuracy else ():
-        if "error" in record:
-            continue
-        try:
-            record.update(_accuracy(samples.detector, accuracy, imgsz))
-        except Exception as e:
-            record["accuracy_error"] = f"{type(e).__name__}: {e}"
-            log(f"bench: {_label(record)}: accuracy failed: {record['accuracy_error']}")
-    live.clear()
-    gc.collect()
-    if is_cuda(device):
-        torch.cuda.empty_cache()
-    if accuracy:
-        _accuracy_deltas(records)
+    with held_out_view(accuracy) if accuracy else contextlib.nullcontext() as view:
+        for record, samples in live if accuracy else ():
+            if "error" in record:
+                continue
+            try:
+                record.update(_accuracy(samples.detector, view, imgsz, shown=accuracy))
+            except Exception as e:
+                record["accuracy_error"] = f"{type(e).__name__}: {e}"
+                log(f"bench: {_label(record)}: accuracy failed: {record['accuracy_error']}")
+        live.clear()
+        gc.collect()
+        if is_cuda(device):
+            torch.cuda.empty_cache()
+        if accuracy:
+            _accuracy_deltas(records, view)
     if hasattr(os, "getloadavg"):
         machine["load_avg_1min_end"] = round(os.getloadavg()[0], 2)
     for record in records:
@@ -297,14 +299,15 @@ def _map(detector: Detector, data: str | Path, imgsz: int) -> float:
     return round(float(validator.metrics.box.map), 5)
 
 
-def _accuracy(detector: Detector, data: str | Path, imgsz: int) -> dict[str, Any]:
+def _accuracy(detector: Detector, data: str, imgsz: int, shown: str | Path) -> dict[str, Any]:
+    """mAP50-95 on ``data`` (a ``held_out_view``), recorded as measured on ``shown``, the data the user gave."""
     if not detector.trained:
         return {"map50_95": None, "accuracy_note": "untrained weights: no accuracy"}
-    return {"map50_95": _map(detector, data, imgsz), "accuracy_data": str(data)}
+    return {"map50_95": _map(detector, data, imgsz), "accuracy_data": str(shown)}
 
 
-def _accuracy_deltas(records: list[dict[str, Any]]) -> None:
-    """Each record's mAP50-95 against its variant's PyTorch fp32 record (measured if the run had none)."""
+def _accuracy_deltas(records: list[dict[str, Any]], data: str) -> None:
+    """Each record's mAP50-95 against its variant's PyTorch fp32 record (measured on ``data`` if the run had none)."""
     for variant in {r["variant"] for r in records}:
         mine = [r for r in records if r["variant"] == variant and r.get("map50_95") is not None]
         if not mine:
@@ -312,7 +315,7 @@ def _accuracy_deltas(records: list[dict[str, Any]]) -> None:
         ref = next((r["map50_95"] for r in mine if r["runtime"] == "pytorch" and r["precision"] == "fp32"), None)
         if ref is None:
             detector = Detector(variant, "cpu", "pytorch", mine[0]["imgsz"], "fp32")
-            ref = _map(detector, mine[0]["accuracy_data"], mine[0]["imgsz"])  # a failure here ends the run: no guard
+            ref = _map(detector, data, mine[0]["imgsz"])  # a failure here ends the run: no guard
         for r in mine:
             r["map50_95_reference"] = ref
             r["map50_95_delta"] = round(r["map50_95"] - ref, 5)

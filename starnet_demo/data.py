@@ -5,14 +5,21 @@ labels by swapping ``images`` for ``labels`` in its path), with the held-out spl
 the pools' images and labels are linked into the output folder, so that ultralytics writes its label caches
 (``labels/train.cache``) there and never into the read-only source pools. Images are linked one by one in a real
 folder, because ultralytics resolves the dataset's folders, and a linked folder would resolve back to the pool.
+
+``held_out_view`` does the same for validating on any data YAML: its val split is linked into a temporary folder,
+so that ``labels/val.cache`` goes there too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
+from ultralytics.data.utils import check_det_dataset, img2label_paths
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 DEFAULT_POOLS = ("coco-mini", "distill", "distill-extra")
@@ -28,16 +35,21 @@ def _coco_id(path: Path) -> str | None:
     return m.group(1) if m else None
 
 
-def _linked_split(root: Path, out: Path, pool: str, split: str) -> str:
-    """``out/<pool>/images/<split>``: a folder of links to the pool's images, beside a link to its labels."""
-    images = out / pool / "images" / split
+def _labels_of(images: Path) -> Path:
+    """The folder where ultralytics looks for the labels of the images in ``images``."""
+    return Path(img2label_paths([str(images / "x.jpg")])[0]).parent
+
+
+def _link_split(source: Path, images: Path) -> str:
+    """``images``: a real folder of links to ``source``'s images, and beside it (``images`` → ``labels``) a link to
+    their labels folder, which may be ``source`` itself."""
     images.mkdir(parents=True, exist_ok=True)
     for old in images.iterdir():  # a rerun starts from the pool as it is now
         if old.is_symlink():
             old.unlink()
-    for image in _images(root / pool / "images" / split):
+    for image in _images(source):
         (images / image.name).symlink_to(image)
-    labels, link = root / pool / "labels" / split, out / pool / "labels" / split
+    labels, link = _labels_of(source), _labels_of(images)
     if link.is_symlink():
         link.unlink()
     if labels.is_dir():
@@ -78,10 +90,26 @@ def prepare_data(root: str | Path, out: str | Path, pools: tuple[str, ...] = DEF
         raise FileNotFoundError(f"no training pools found under {root}")
 
     out.mkdir(parents=True, exist_ok=True)
-    train_dirs = [_linked_split(root, out, pool, "train") for pool in found]
+    train_dirs = [_link_split(root / pool / "images" / "train", out / pool / "images" / "train") for pool in found]
     data_yaml = out / "data.yaml"
     header = "# Merged by `python -m starnet_demo prepare-data`: " + ", ".join(f"{k} {v}" for k, v in counts.items())
-    val = _linked_split(root, out, "coco-mini", "val")
+    val = _link_split(val_dir, out / "coco-mini" / "images" / "val")
     body = yaml.safe_dump({"train": train_dirs, "val": val, "nc": len(names), "names": names}, sort_keys=False)
     data_yaml.write_text(f"{header} training images; val is coco-mini's held-out split.\n{body}")
     return data_yaml
+
+
+@contextlib.contextmanager
+def held_out_view(data: str | Path) -> Iterator[str]:
+    """``data`` as a data YAML whose val folders are linked into a temporary folder, for validating without writing
+    into the dataset: ultralytics writes a label cache beside the labels, and the held-out split may be shared
+    (``../shared``) or read-only. Val entries that are not folders (image lists) are passed on unchanged."""
+    info = check_det_dataset(str(data))
+    with tempfile.TemporaryDirectory(prefix="starnet-val-") as tmp:
+        vals = info["val"] if isinstance(info["val"], list) else [info["val"]]
+        linked = [_link_split(Path(v), Path(tmp) / str(i) / "images" / "val") if Path(v).is_dir() else str(v)
+                  for i, v in enumerate(vals)]
+        view = Path(tmp) / "data.yaml"
+        view.write_text(yaml.safe_dump({"train": info["train"], "val": linked, "nc": info["nc"],
+                                        "names": info["names"]}, sort_keys=False))
+        yield str(view)

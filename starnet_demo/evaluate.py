@@ -11,6 +11,7 @@ import numpy as np
 from ultralytics.nn.tasks import DetectionModel
 from ultralytics.utils.metrics import ap_per_class
 
+from .data import held_out_view
 from .model import as_yolo
 from .weights import sha256_file
 
@@ -89,7 +90,10 @@ def evaluate(model: DetectionModel, data: str, *, imgsz: int = 640, batch: int =
     ``conf``/``iou`` are ultralytics' validation defaults, the settings the teacher's reference figures used.
     """
     settings = dict(imgsz=imgsz, batch=batch, device=device, conf=conf, iou=iou)
-    metrics, images = _validate(model, data, **settings)
+    with held_out_view(data) as view:
+        metrics, images = _validate(model, view, **settings)
+        if against is not None:
+            theirs_metrics, theirs = _validate(against, view, **settings)
     box = metrics.box
     names = model.names
     per_class = {
@@ -113,7 +117,6 @@ def evaluate(model: DetectionModel, data: str, *, imgsz: int = 640, batch: int =
         "weights_sha256": sha256_file(weights_file) if weights_file else None,
     }
     if against is not None:
-        theirs_metrics, theirs = _validate(against, data, **settings)
         other = theirs_metrics.box
         result["against"] = {"variant": _variant(against),
                              "weights_sha256": sha256_file(against_file) if against_file else None,

@@ -10,8 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from ultralytics.data.dataset import YOLODataset
+from ultralytics.data.utils import check_det_dataset
+from ultralytics.utils import DEFAULT_CFG
 
 from starnet_demo.__main__ import main
+from starnet_demo.bench import bench
+from starnet_demo.data import held_out_view
 from starnet_demo.evaluate import images_map
 from starnet_demo.hub import model_card
 from starnet_demo.model import as_yolo
@@ -59,6 +64,7 @@ def test_eval_writes_the_figures_with_their_standard_errors_and_records_them(sel
     assert 0.2 < result["map50"] < 0.95 and 0 < result["map50_95"] <= result["map50"]
     assert 0 < result["map50_se"] < 0.5 and 0 < result["map50_95_se"] < 0.5
     assert {"person", "bus"} <= set(result["per_class"]) and set(result["speed_ms"]) >= {"inference"}
+    assert not list(self_labelled.parent.rglob("*.cache"))  # ultralytics' label cache went to a temporary view
     metrics = read_config(weights / "s1.json")["metrics"]
     assert metrics == {"data": "self-labelled", "teacher_map50": 0.5, **{k: result[k] for k in (
         "map50", "map50_se", "map50_95", "map50_95_se", "precision", "recall", "imgsz", "device")}}
@@ -102,3 +108,39 @@ def test_eval_against_missing_weights_is_one_line(self_labelled, tmp_path, capsy
                  "--against", str(tmp_path / "nowhere.json")]) == 2
     err = capsys.readouterr().err.strip()
     assert "nowhere" in err and "\n" not in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("layout", ["images-and-labels", "labels-beside-images"])
+def test_held_out_view_finds_the_labels_and_writes_nothing_into_the_dataset(self_labelled, tmp_path, layout):
+    root = self_labelled.parent
+    if layout == "labels-beside-images":
+        flat = tmp_path / "flat"
+        shutil.copytree(root / "images" / "val", flat)
+        for label in (root / "labels" / "val").iterdir():
+            shutil.copy(label, flat)
+        data = tmp_path / "flat.yaml"
+        names = yaml.safe_load(self_labelled.read_text())["names"]
+        data.write_text(yaml.safe_dump({"train": str(flat), "val": str(flat), "names": names}))
+        root = flat
+    else:
+        data = self_labelled
+    with held_out_view(data) as view:
+        checked = check_det_dataset(view)
+        dataset = YOLODataset(img_path=checked["val"], imgsz=64, augment=False, data=checked, hyp=DEFAULT_CFG)
+        labels = root / "labels" / "val" if layout == "images-and-labels" else root
+        expected = [len((labels / f"{Path(f).stem}.txt").read_text().split()) // 5 for f in dataset.im_files]
+        assert [len(x["cls"]) for x in dataset.labels] == expected and sum(expected) > 0
+        assert len(list(Path(view).parent.rglob("*.cache"))) == 1
+    assert not Path(view).exists() and not list(root.rglob("*.cache"))
+
+
+def test_bench_accuracy_guard_measures_a_runtime_against_pytorch(self_labelled, tmp_path, monkeypatch):
+    """``bench --accuracy`` with no PyTorch record to compare with: ONNX Runtime fp32 against PyTorch fp32, measured
+    for the guard, on the same held-out images; nothing written into the dataset."""
+    monkeypatch.setenv("STARNET_EXPORT_DIR", str(tmp_path / "exports"))
+    records = bench(["s1"], runtimes=["onnxruntime"], imgsz=IMGSZ, runs=1, warmup=0, accuracy=self_labelled,
+                    log=lambda _: None)
+    s1 = next(r for r in records if r["variant"] == "s1")
+    assert s1["accuracy_data"] == str(self_labelled) and 0 < s1["map50_95_reference"] <= 1
+    assert abs(s1["map50_95_delta"]) < 0.005 and s1["accuracy_ok"]
+    assert not list(self_labelled.parent.rglob("*.cache"))
