@@ -52,7 +52,9 @@ def cmd_train(args: argparse.Namespace) -> None:
                                                              "cache", "seed", "patience", "fraction"}
               and v is not None}
     for item in args.set or []:
-        key, _, value = item.partition("=")
+        key, eq, value = item.partition("=")
+        if not (key and eq):
+            raise ValueError(f"--set takes KEY=VALUE (an ultralytics train argument), got {item!r}")
         common[key] = _literal(value)
     if args.resume and (len(stages) > 1 or len(args.variant) > 1):
         raise ValueError("--resume continues one run: give one --variant and one --stage")
@@ -256,7 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int)
     s.add_argument("--patience", type=int)
     s.add_argument("--fraction", type=float)
-    s.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="any other ultralytics train argument")
+    s.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE",
+                   help="any other ultralytics train arguments (repeatable)")
     s.add_argument("--project", default="runs/starnet")
     s.add_argument("--name")
     s.set_defaults(func=cmd_train)

@@ -261,11 +261,24 @@ def test_cli_applies_distill_flags_to_the_distill_stage_of_a_two_stage_run(shape
                                                                           capsys):
     assert main(["train", "--variant", "s050", "--stage", "distill,finetune", "--freeze-bn", "--data",
                  str(shapes_data), "--teacher", str(teacher_file), "--epochs", "1", "--imgsz", "128", "--batch", "8",
-                 "--device", "cpu", "--workers", "0", "--project", str(tmp_path), "--set", "plots=False"]) == 0
+                 "--device", "cpu", "--workers", "0", "--project", str(tmp_path), "--set", "lrf=0.07",
+                 "--set", "save_period=1", "plots=False"]) == 0
     final = Path(capsys.readouterr().out.strip().splitlines()[-1])
     recipe = load_weights(final)[1]["recipe"]
     assert [(step["stage"], step.get("batchnorm")) for step in recipe] == [("distill", "frozen (eval mode)"),
                                                                           ("finetune", None)]
+    # Both --set flags reach both stages (a repeated flag used to replace the earlier one).
+    runs = [p.parent for p in tmp_path.rglob("args.yaml")]
+    assert len(runs) == 2
+    for run in runs:
+        args = yaml.safe_load((run / "args.yaml").read_text())
+        assert (args["lrf"], args["save_period"]) == (0.07, 1) and (run / "weights" / "epoch0.pt").is_file()
+
+
+def test_cli_set_without_a_value_is_one_line(shapes_data, capsys):
+    assert main(["train", "--variant", "s050", "--data", str(shapes_data), "--set", "plots=False", "save_period"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--set takes KEY=VALUE" in err[0] and "'save_period'" in err[0]
 
 
 def test_as_yolo_trains_the_given_model(shapes_data, tmp_path):
