@@ -112,22 +112,20 @@ def test_eval_against_missing_weights_is_one_line(self_labelled, tmp_path, capsy
 
 @pytest.mark.parametrize("layout", ["images-and-labels", "labels-beside-images"])
 def test_held_out_view_finds_the_labels_and_writes_nothing_into_the_dataset(self_labelled, tmp_path, layout):
-    root = self_labelled.parent
+    root, data = self_labelled.parent, self_labelled
+    labels = root / "labels" / "val"
     if layout == "labels-beside-images":
         flat = tmp_path / "flat"
         shutil.copytree(root / "images" / "val", flat)
-        for label in (root / "labels" / "val").iterdir():
+        for label in labels.iterdir():
             shutil.copy(label, flat)
         data = tmp_path / "flat.yaml"
         names = yaml.safe_load(self_labelled.read_text())["names"]
         data.write_text(yaml.safe_dump({"train": str(flat), "val": str(flat), "names": names}))
-        root = flat
-    else:
-        data = self_labelled
+        root = labels = flat
     with held_out_view(data) as view:
         checked = check_det_dataset(view)
         dataset = YOLODataset(img_path=checked["val"], imgsz=64, augment=False, data=checked, hyp=DEFAULT_CFG)
-        labels = root / "labels" / "val" if layout == "images-and-labels" else root
         expected = [len((labels / f"{Path(f).stem}.txt").read_text().split()) // 5 for f in dataset.im_files]
         assert [len(x["cls"]) for x in dataset.labels] == expected and sum(expected) > 0
         assert len(list(Path(view).parent.rglob("*.cache"))) == 1
