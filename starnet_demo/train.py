@@ -26,6 +26,7 @@ import contextlib
 import csv
 import itertools
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -61,8 +62,15 @@ STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
 
 
 class StarNetTrainer(DetectionTrainer):
-    """Ultralytics' DetectionTrainer, resuming a distill run as one, and reading its results CSV without polars
-    (absent on lean GPU images)."""
+    """Ultralytics' DetectionTrainer, resuming a distill run as one, training on every CPU core, and reading its
+    results CSV without polars (absent on lean GPU images)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.device.type == "cpu":
+            # Ultralytics keeps one core free for data loading (torch threads = cores - 1), then loads data in the
+            # training process on CPU (workers=0): on a 2-core machine, half the CPU sat idle.
+            torch.set_num_threads(os.cpu_count() or 1)
 
     def get_model(self, cfg=None, weights=None, verbose: bool = True) -> DetectionModel:
         """On resume, ultralytics rebuilds a plain DetectionModel, which would carry on with the detection loss."""

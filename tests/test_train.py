@@ -4,6 +4,7 @@ pieces they rest on: the feature loss, BatchNorm recalibration and the merged da
 from __future__ import annotations
 
 import csv
+import os
 import re
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from starnet_demo.__main__ import main
 from starnet_demo.data import prepare_data
 from starnet_demo.distill import feature_loss, output_loss, recalibrate_bn, reestimate_bn, reestimate_bn_if_better
 from starnet_demo.model import COCO_NAMES, OWN_TEACHER_START, init_from_teacher
-from starnet_demo.train import train
+from starnet_demo.train import StarNetTrainer, train
 from starnet_demo.weights import load_weights
 
 # Overfit the 8 fixture images: one batch per epoch, an optimizer step every batch, no warm-up, no augmentation.
@@ -227,6 +228,19 @@ def test_earlier_seconds_sums_the_processes_before_a_resume(tmp_path):
     csv_file.write_text("epoch,time,train/p3\n1,10,0.9\n2,20,0.8\n3,4,0.7\n4,9,0.6\n")  # resumed after epoch 2
     assert _earlier_seconds(csv_file) == 29
     assert _earlier_seconds(tmp_path / "missing.csv") == 0
+
+
+def test_cpu_training_uses_every_core(shapes_data, tmp_path):
+    """Ultralytics sets torch to cores - 1 threads for CPU training and then loads data in the same process."""
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        trainer = StarNetTrainer(overrides={"data": str(shapes_data), "model": "yolov8n.yaml", "device": "cpu",
+                                            "project": str(tmp_path), "workers": 1})
+        assert trainer.args.workers == 0
+        assert torch.get_num_threads() == os.cpu_count()
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_frozen_bn_student_keeps_batchnorms_in_eval_mode():
