@@ -31,6 +31,7 @@ from torch import nn
 
 from .data import held_out_view
 from .detector import Detector, check_imgsz, normalise_device
+from .devices import keep_torch_threads
 from .latency import Samples
 from .model import BASELINE
 from .rewrite import REWRITES
@@ -292,6 +293,7 @@ def _map(detector: Detector, data: str | Path, imgsz: int) -> float:
             "verbose": False, "device": detector.device, "save_json": False, "task": "detect", "mode": "val"}
     with quiet_ultralytics():
         validator = DetectionValidator(args=args)
+        keep_torch_threads(validator)
         if detector.runtime == "ultralytics":  # ultralytics' own AutoBackend on the PyTorch model
             validator(model=detector.model)  # the validator works on its own copy
         else:

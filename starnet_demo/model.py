@@ -15,6 +15,7 @@ from ultralytics import YOLO
 from ultralytics.nn.tasks import DetectionModel
 
 from .backbone import StarNetBackbone, get_variant
+from .devices import keep_torch_threads
 
 CFG_DIR = Path(__file__).parent / "cfg"
 BASELINE = "yolov8n"
@@ -76,12 +77,14 @@ def variant_of(model: DetectionModel) -> str:
 
 
 def as_yolo(model: DetectionModel) -> YOLO:
-    """Wrap a built model in ultralytics' ``YOLO`` so train/val/predict/export run through ultralytics itself."""
+    """Wrap a built model in ultralytics' ``YOLO`` so train/val/predict/export run through ultralytics itself, with
+    the torch CPU threads this process had when it was wrapped."""
     yolo = YOLO(str(model.yaml.get("yaml_file") or cfg_path(variant_of(model))), task="detect")
     model.args, model.task = yolo.model.args, yolo.task  # as YOLO() sets them on its own builds; export reads task
     yolo.model = model
     # What ultralytics' own ``YOLO.load(module)`` sets: without a ckpt, ``train()`` would start from a fresh YAML build.
     yolo.ckpt = {"model": model}
+    keep_torch_threads(yolo)
     return yolo
 
 

@@ -3,9 +3,11 @@ predictor and exporter (training is in test_train.py)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
+import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
@@ -211,6 +213,26 @@ def test_val_and_predict_through_ultralytics(tmp_path, shapes_data):
         assert set(result.boxes.cls.int().tolist()) <= {0, 1}
         xyxy = result.boxes.xyxy
         assert (xyxy[:, 2:] >= xyxy[:, :2]).all() and xyxy.min() >= 0 and xyxy.max() <= 160
+
+
+def test_ultralytics_keeps_the_process_torch_threads(tmp_path, monkeypatch, shapes_data):
+    """Ultralytics' select_device would leave torch at min(8, cores - 1) threads after a predict, val or export."""
+    monkeypatch.chdir(tmp_path)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(os.cpu_count() + 1)  # never ultralytics' choice, on any machine
+        yolo = as_yolo(build_model("s050", nc=2, names=NAMES))
+        during = []
+        yolo.add_callback("on_val_batch_start", lambda _: during.append(torch.get_num_threads()))
+        yolo.add_callback("on_predict_batch_start", lambda _: during.append(torch.get_num_threads()))
+        yolo.val(data=str(shapes_data), imgsz=160, batch=8, workers=0, device="cpu", plots=False,
+                 project=str(tmp_path), name="val", verbose=False)
+        yolo.predict(np.zeros((160, 160, 3), np.uint8), imgsz=160, device="cpu", verbose=False)
+        yolo.export(format="onnx", imgsz=64, device="cpu", verbose=False)
+        assert during and set(during) == {os.cpu_count() + 1}
+        assert torch.get_num_threads() == os.cpu_count() + 1
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
