@@ -56,6 +56,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         if not (key and eq):
             raise ValueError(f"--set takes KEY=VALUE (an ultralytics train argument), got {item!r}")
         common[key] = _literal(value)
+    if not (args.data or args.resume):
+        raise ValueError("train needs --data (a data YAML, e.g. from prepare-data), or --resume RUN/weights/last.pt")
     if args.resume and (len(stages) > 1 or len(args.variant) > 1):
         raise ValueError("--resume continues one run: give one --variant and one --stage")
     distill_only = {"freeze_bn": args.freeze_bn, "reestimate_bn": args.reestimate_bn, "output_kd": args.output_kd,
@@ -123,7 +125,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.record:
         from .weights import record_metrics
 
-        keys = ("map50", "map50_se", "map50_95", "map50_95_se", "precision", "recall", "imgsz", "device")
+        keys = ("map50", "map50_se", "map50_95", "map50_95_se", "precision", "recall", "images", "imgsz", "batch",
+                "device")
         record_metrics(path, {"data": args.record, **{k: result[k] for k in keys if k in result},
                               **_teacher_reference(args)})
         print(f"recorded in {Path(path).with_suffix('.json')}")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import itertools
 import json
 import os
@@ -95,6 +96,26 @@ def _read_results(path: Path) -> dict[str, list[float]]:
     except OSError:
         return {}
     return {k.strip(): [float(r[k]) for r in rows] for k in (rows[0] if rows else {})}
+
+
+def _write_run_notes(notes: dict, trainer: DetectionTrainer) -> None:
+    """Save what a resume needs beside the run's weights (a module-level function, so DDP workers import it)."""
+    if RANK in {-1, 0}:
+        (Path(trainer.save_dir) / RUN_NOTES).write_text(json.dumps(notes))
+
+
+def _outcome(trainer: DetectionTrainer) -> tuple[int, dict[str, float]]:
+    """Epochs trained and the last validation metrics. A multi-GPU launcher only started the workers, so it has
+    neither in memory and reads them from the run's results CSV."""
+    if trainer.ddp:
+        results = _read_results(trainer.csv)
+        if not results:
+            raise RuntimeError(f"the multi-GPU workers left no results in {trainer.csv}; see their log above")
+        epochs = int(results["epoch"][-1])
+        metrics = {k: v[-1] for k, v in results.items() if k.startswith(("metrics/", "val/"))}
+    else:
+        epochs, metrics = trainer.epoch + 1, trainer.metrics or {}
+    return epochs, {k: round(float(v), 5) for k, v in metrics.items()}
 
 
 def _calibration_batches(data: dict, imgsz: int, n_images: int = 64, batch: int = 16):
@@ -216,20 +237,21 @@ def train(variant: str, data: str, *, stage: str = "finetune", weights: str | No
         trainer = StarNetTrainer(overrides=args)
         trainer.model = model
         earlier = 0.0
-        (Path(trainer.save_dir) / RUN_NOTES).write_text(json.dumps(
-            {"recipe": recipe_base, "batchnorm": batchnorm, "teacher": teacher and str(Path(teacher).resolve())}))
+        notes = {"recipe": recipe_base, "batchnorm": batchnorm, "teacher": teacher and str(Path(teacher).resolve())}
+        # Written when training starts, by the process that trains: a multi-GPU launch empties the run folder first.
+        trainer.add_callback("on_train_start", functools.partial(_write_run_notes, notes))
     trainer.train()
 
     best = Path(trainer.best if Path(trainer.best).is_file() else trainer.last)
     ema = checkpoint_ema(best)
     final = build_model(variant, nc=len(ema.names), names=ema.names)
     final.load_state_dict({k: v.float() for k, v in ema.state_dict().items()})
-    metrics = {k: round(float(v), 5) for k, v in (trainer.metrics or {}).items()}
+    epochs, metrics = _outcome(trainer)
     step = {
         "stage": stage,
         "data": _describe_data(check_det_dataset(data_yaml)),
         "teacher": Path(teacher).name if teacher else None,
-        "epochs": trainer.epoch + 1,
+        "epochs": epochs,
         "imgsz": trainer.args.imgsz,
         "batch": trainer.args.batch,
         "optimizer": trainer.args.optimizer,
@@ -244,5 +266,5 @@ def train(variant: str, data: str, *, stage: str = "finetune", weights: str | No
         step["train_head"] = True
     if batchnorm:
         step["batchnorm"] = ", then ".join(batchnorm)
-    return save_weights(final, trainer.save_dir / "export", {"recipe": [*recipe_base, step], "imgsz":
-                                                             trainer.args.imgsz})
+    # The config's imgsz is the size to run at (640, as evaluated); the training size is in the recipe step.
+    return save_weights(final, trainer.save_dir / "export", {"recipe": [*recipe_base, step]})

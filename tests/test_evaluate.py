@@ -67,7 +67,7 @@ def test_eval_writes_the_figures_with_their_standard_errors_and_records_them(sel
     assert not list(self_labelled.parent.rglob("*.cache"))  # ultralytics' label cache went to a temporary view
     metrics = read_config(weights / "s1.json")["metrics"]
     assert metrics == {"data": "self-labelled", "teacher_map50": 0.5, **{k: result[k] for k in (
-        "map50", "map50_se", "map50_95", "map50_95_se", "precision", "recall", "imgsz", "device")}}
+        "map50", "map50_se", "map50_95", "map50_95_se", "precision", "recall", "images", "imgsz", "batch", "device")}}
     card = str(model_card({"s1": read_config(weights / "s1.json")}))
     assert "| variant | mAP50 | mAP50 s.e. | mAP50-95 | mAP50-95 s.e. |" in card
     assert f"| s1 | {result['map50']:.4g} | {result['map50_se']:.4g} |" in card

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from hub_server import HubServer
 from huggingface_hub import ModelCard, constants
 from test_weights import pickle_that_mkdirs
@@ -22,8 +23,8 @@ from test_weights import pickle_that_mkdirs
 from starnet_demo import hub as hub_mod
 from starnet_demo.__main__ import main
 from starnet_demo.hub import build_upload_folder, publish, resolve, resolve_weights
-from starnet_demo.model import build_model
-from starnet_demo.weights import FORMAT, WeightsError, load_weights, save_weights, sha256_file
+from starnet_demo.model import COCO_NAMES, build_model
+from starnet_demo.weights import EMBEDDED_DIR, FORMAT, WeightsError, load_weights, save_weights, sha256_file
 
 REPO = "test-org/yolov8-starnet"
 VARIANT = "s050"
@@ -242,6 +243,43 @@ def test_eval_cli_without_weights_exits_with_one_line(hub, empty_local, monkeypa
     assert main(["eval", "--variant", VARIANT, "--data", "unused.yaml", "--repo-id", REPO]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: no weights for {VARIANT}: Hub unreachable") and "\n" not in err
+
+
+def test_eval_cli_pulls_from_the_repo_in_the_flag_or_the_environment(hub, release, empty_local, cache, shapes_data,
+                                                                     tmp_path, monkeypatch):
+    """``eval`` without ``--weights`` evaluates the pinned release of ``--repo-id``, else of ``$STARNET_HUB_REPO``."""
+    torch.manual_seed(1)
+    other = tmp_path / "other-release"
+    save_weights(build_model(VARIANT), other, META)
+    hub.commit("test-org/other", release_files(other), message="other")
+    hub.tag("test-org/other", "v1")
+    data = tmp_path / "coco-shapes.yaml"  # the fixture images under the 80 names these weights predict
+    train = str(shapes_data.parent / "images" / "train")
+    data.write_text(yaml.safe_dump({"train": train, "val": train, "nc": 80, "names": COCO_NAMES}))
+    monkeypatch.setenv("STARNET_WEIGHTS_DIR", str(empty_local))  # no fallback: the pull must work
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    for flag, source in (([], release), (["--repo-id", "test-org/other"], other)):
+        out = tmp_path / f"eval-{len(flag)}.json"
+        assert main(["eval", "--variant", VARIANT, "--data", str(data), "--imgsz", "128", "--bootstrap", "0",
+                     "--out", str(out), *flag]) == 0
+        assert json.loads(out.read_text())["weights_sha256"] == sha256_file(source / f"{VARIANT}.safetensors")
+    pulled = [path for method, path in hub.requests if f"{VARIANT}.safetensors" in path]
+    assert any(REPO in p for p in pulled) and any("test-org/other" in p for p in pulled)
+
+
+@pytest.mark.parametrize("variant", ["s1", "s2", "s3", "s4"])
+def test_every_committed_variant_loads_offline_from_weights(variant, cache, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.delenv("STARNET_WEIGHTS_DIR", raising=False)
+    got = resolve(variant, cache_dir=cache)
+    assert (got.source, got.path) == ("local", EMBEDDED_DIR / f"{variant}.json")
+    model, config = load_weights(got.path)
+    assert config["variant"] == variant and config["sha256"] == sha256_file(EMBEDDED_DIR / f"{variant}.safetensors")
+    assert config["metrics"]["map50"] > 0 and config["recipe"]
+    with torch.no_grad():
+        boxes_and_scores = model.eval()(torch.zeros(1, 3, 64, 64))[0]
+    assert boxes_and_scores.shape == (1, 4 + config["nc"], 84)  # 8x8 + 4x4 + 2x2 anchors
 
 
 # --- publish -----------------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ pieces they rest on: the feature loss, BatchNorm recalibration and the merged da
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
 from pathlib import Path
@@ -12,6 +13,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
 import yaml
 from safetensors.torch import load_file
 from torch import nn
@@ -21,11 +23,12 @@ from ultralytics.utils import DEFAULT_CFG
 from ultralytics.utils.patches import torch_load
 
 from starnet_demo import BASELINE, as_yolo, build_model
+from starnet_demo import train as train_module
 from starnet_demo.__main__ import main
 from starnet_demo.data import prepare_data
 from starnet_demo.distill import feature_loss, output_loss, recalibrate_bn, reestimate_bn, reestimate_bn_if_better
 from starnet_demo.model import COCO_NAMES, OWN_TEACHER_START, init_from_teacher
-from starnet_demo.train import StarNetTrainer, train
+from starnet_demo.train import RUN_NOTES, StarNetTrainer, train
 from starnet_demo.weights import load_weights
 
 # Overfit the 8 fixture images: one batch per epoch, an optimizer step every batch, no warm-up, no augmentation.
@@ -243,6 +246,39 @@ def test_cpu_training_uses_every_core(shapes_data, tmp_path):
         torch.set_num_threads(threads)
 
 
+class OneWorkerLaunch(StarNetTrainer):
+    """Ultralytics' multi-GPU launch (``--device 0,1``) with one CPU worker: the launcher pickles this trainer, its
+    model and callbacks, empties the run folder and starts ``torch.distributed.run``; the worker trains in a gloo
+    process group, as it would in an NCCL one on GPUs."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # The environment, read now: cloudpickle may ship this class by value, with the launcher's globals.
+        if "LOCAL_RANK" not in os.environ:
+            self.ddp, self.world_size = True, 1
+        elif not dist.is_initialized():
+            dist.init_process_group("gloo")
+
+
+def test_multi_gpu_launch_exports_what_its_worker_trained(distilled, shapes_data, teacher_file, tmp_path,
+                                                           monkeypatch):
+    """The launching process never trains, so the epochs and metrics come from the worker's files, and the resume
+    notes must be written by the worker (the launch deletes the run folder first)."""
+    monkeypatch.setattr(train_module, "StarNetTrainer", OneWorkerLaunch)
+    out = train("s050", str(shapes_data), stage="distill", weights=str(distilled), teacher=str(teacher_file),
+                project=str(tmp_path), name="ddp", epochs=2, freeze_bn=True, **OVERFIT)
+    run = tmp_path / "ddp"
+    assert out == run / "export" / "s050.json"
+    assert _results(run)["epoch"] == [1, 2]
+    config = load_weights(out)[1]
+    step = config["recipe"][-1]
+    assert (step["stage"], step["epochs"], step["batchnorm"]) == ("distill", 2, "frozen (eval mode)")
+    assert (config["imgsz"], step["imgsz"]) == (640, 128)  # run at 640, as evaluated; trained at 128
+    assert step["val_metrics"] and all(k.startswith(("metrics/", "val/")) for k in step["val_metrics"])
+    notes = json.loads((run / RUN_NOTES).read_text())
+    assert notes["teacher"] == str(teacher_file.resolve()) and notes["recipe"][-1]["stage"] == "distill"
+
+
 def test_frozen_bn_student_keeps_batchnorms_in_eval_mode():
     from starnet_demo.distill import DistillStudent
 
@@ -287,6 +323,12 @@ def test_cli_applies_distill_flags_to_the_distill_stage_of_a_two_stage_run(shape
     for run in runs:
         args = yaml.safe_load((run / "args.yaml").read_text())
         assert (args["lrf"], args["save_period"]) == (0.07, 1) and (run / "weights" / "epoch0.pt").is_file()
+
+
+def test_cli_train_without_data_or_resume_is_one_line(capsys):
+    assert main(["train", "--variant", "s050", "--stage", "distill"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train needs --data" in err[0]
 
 
 def test_cli_set_without_a_value_is_one_line(shapes_data, capsys):
