@@ -24,7 +24,7 @@ from safetensors.torch import save_file  # noqa: E402
 from ultralytics.data.augment import LetterBox  # noqa: E402
 from ultralytics.utils import ASSETS  # noqa: E402
 
-from starnet_demo.model import BASELINE, build_model  # noqa: E402
+from starnet_demo.model import BASELINE, COCO_NAMES, build_model  # noqa: E402
 from starnet_demo.weights import save_weights  # noqa: E402
 
 SHAPE_NAMES = {0: "rectangle", 1: "ellipse"}
@@ -65,6 +65,15 @@ def make_shapes_dataset(root: Path, n_images: int = 8, size: int = 160, seed: in
 def shapes_data(tmp_path_factory) -> Path:
     """``data.yaml`` of 8 synthetic 160 px images (classes ``rectangle``, ``ellipse``); images in ``images/train``."""
     return make_shapes_dataset(tmp_path_factory.mktemp("shapes"))
+
+
+@pytest.fixture
+def coco_shapes_data(shapes_data, tmp_path) -> Path:
+    """The shapes images and labels, under the teacher's 80 COCO class names (as the merged training data)."""
+    data_yaml = tmp_path / "coco-shapes.yaml"
+    train_dir = str(shapes_data.parent / "images" / "train")
+    data_yaml.write_text(yaml.safe_dump({"train": train_dir, "val": train_dir, "nc": 80, "names": COCO_NAMES}))
+    return data_yaml
 
 
 @pytest.fixture(scope="session")

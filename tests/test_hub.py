@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from hub_server import HubServer
 from huggingface_hub import ModelCard, constants
 from test_weights import pickle_that_mkdirs
@@ -23,7 +22,7 @@ from test_weights import pickle_that_mkdirs
 from starnet_demo import hub as hub_mod
 from starnet_demo.__main__ import main
 from starnet_demo.hub import build_upload_folder, publish, resolve, resolve_weights
-from starnet_demo.model import COCO_NAMES, build_model
+from starnet_demo.model import build_model
 from starnet_demo.weights import EMBEDDED_DIR, FORMAT, WeightsError, load_weights, save_weights, sha256_file
 
 REPO = "test-org/yolov8-starnet"
@@ -245,23 +244,20 @@ def test_eval_cli_without_weights_exits_with_one_line(hub, empty_local, monkeypa
     assert err.startswith(f"error: no weights for {VARIANT}: Hub unreachable") and "\n" not in err
 
 
-def test_eval_cli_pulls_from_the_repo_in_the_flag_or_the_environment(hub, release, empty_local, cache, shapes_data,
-                                                                     tmp_path, monkeypatch):
+def test_eval_cli_pulls_from_the_repo_in_the_flag_or_the_environment(hub, release, empty_local, cache,
+                                                                     coco_shapes_data, tmp_path, monkeypatch):
     """``eval`` without ``--weights`` evaluates the pinned release of ``--repo-id``, else of ``$STARNET_HUB_REPO``."""
     torch.manual_seed(1)
     other = tmp_path / "other-release"
     save_weights(build_model(VARIANT), other, META)
     hub.commit("test-org/other", release_files(other), message="other")
     hub.tag("test-org/other", "v1")
-    data = tmp_path / "coco-shapes.yaml"  # the fixture images under the 80 names these weights predict
-    train = str(shapes_data.parent / "images" / "train")
-    data.write_text(yaml.safe_dump({"train": train, "val": train, "nc": 80, "names": COCO_NAMES}))
     monkeypatch.setenv("STARNET_WEIGHTS_DIR", str(empty_local))  # no fallback: the pull must work
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     for flag, source in (([], release), (["--repo-id", "test-org/other"], other)):
         out = tmp_path / f"eval-{len(flag)}.json"
-        assert main(["eval", "--variant", VARIANT, "--data", str(data), "--imgsz", "128", "--bootstrap", "0",
-                     "--out", str(out), *flag]) == 0
+        assert main(["eval", "--variant", VARIANT, "--data", str(coco_shapes_data), "--imgsz", "128", "--bootstrap",
+                     "0", "--out", str(out), *flag]) == 0
         assert json.loads(out.read_text())["weights_sha256"] == sha256_file(source / f"{VARIANT}.safetensors")
     pulled = [path for method, path in hub.requests if f"{VARIANT}.safetensors" in path]
     assert any(REPO in p for p in pulled) and any("test-org/other" in p for p in pulled)

@@ -159,15 +159,6 @@ def test_output_loss_is_zero_for_the_teachers_own_outputs_and_grows_with_the_dif
     assert 0 < losses[0] < losses[1] < losses[2], losses
 
 
-@pytest.fixture
-def coco_shapes_data(shapes_data, tmp_path) -> Path:
-    """The shapes images and labels, under the teacher's 80 COCO class names (as the merged training data)."""
-    data_yaml = tmp_path / "coco-shapes.yaml"
-    train_dir = str(shapes_data.parent / "images" / "train")
-    data_yaml.write_text(yaml.safe_dump({"train": train_dir, "val": train_dir, "nc": 80, "names": COCO_NAMES}))
-    return data_yaml
-
-
 def test_output_kd_distills_the_heads_outputs_and_survives_a_resume(coco_shapes_data, teacher_file, tmp_path,
                                                                     monkeypatch):
     _interrupt_after(3, monkeypatch)
