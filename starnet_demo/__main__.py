@@ -137,6 +137,25 @@ def _teacher_reference(args: argparse.Namespace) -> dict[str, float]:
             if v is not None}
 
 
+def cmd_grow(args: argparse.Namespace) -> None:
+    from .grow import check_growth, grow
+    from .hub import resolve_weights
+    from .weights import load_weights, save_weights, sha256_file
+
+    check_growth(args.source, args.target)  # refuse before loading anything
+    path = _weights_for(args.weights, args.source) if args.weights else resolve_weights(args.source)
+    model, config = load_weights(path)
+    if config["variant"] != args.source:
+        raise ValueError(f"{path} holds variant {config['variant']}, not {args.source}")
+    step = {"stage": "grow", "from": args.source, "to": args.target, "noise": args.noise, "seed": args.seed,
+            "source_sha256": sha256_file(Path(path).with_suffix(".safetensors")),
+            "method": "Net2Net: function-preserving widening (copied channels, divided readers) and deepening "
+                      "(new blocks with a zero dwconv2)"}
+    out = save_weights(grow(model, args.target, noise=args.noise, seed=args.seed), args.out,
+                       meta={"recipe": [*config.get("recipe", []), step]})
+    print(out)
+
+
 def cmd_publish(args: argparse.Namespace) -> None:
     from .hub import available_variants, build_upload_folder, hub_repo, publish
 
@@ -287,6 +306,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--teacher-map50", type=float, help="reference mAP50 to record beside ours")
     s.add_argument("--teacher-map50-95", type=float, help="reference mAP50-95 to record beside ours")
     s.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("grow", help="grow trained weights into a wider/deeper variant with the same function (Net2Net)")
+    s.add_argument("--from", dest="source", required=True, type=lambda t: _variants(t)[0], help="e.g. s1")
+    s.add_argument("--to", dest="target", required=True, type=lambda t: _variants(t)[0], help="e.g. s3 or s4")
+    s.add_argument("--out", required=True, help="folder for <to>.safetensors + .json")
+    s.add_argument("--weights", help="the source's weights file or folder (default: the pinned Hub release, else "
+                                     "weights/)")
+    s.add_argument("--noise", type=float, default=0.0,
+                   help="Gaussian noise on the dense convs, as a fraction of each one's weight std, to break the "
+                        "symmetry of copied channels (0: exactly the source's function)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the channel maps and the noise")
+    s.set_defaults(func=cmd_grow)
 
     s = sub.add_parser("publish", help="upload weights, configs and a model card to a Hugging Face Hub repo")
     s.add_argument("--repo-id", help="target repo (default: $STARNET_HUB_REPO or the project's)")

@@ -22,7 +22,7 @@ import yaml
 from ultralytics.data.utils import check_det_dataset, img2label_paths
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
-DEFAULT_POOLS = ("coco-mini", "distill", "distill-extra")
+DEFAULT_POOLS = ("coco-mini", "distill", "distill-extra", "distill-more")
 _COCO_ID = re.compile(r"(\d{12})")
 
 
