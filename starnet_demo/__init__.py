@@ -9,8 +9,8 @@ import os
 os.environ.setdefault("YOLO_AUTOINSTALL", "False")
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
-from .backbone import MAIN_VARIANTS, VARIANTS, StarNetBackbone, get_variant  # noqa: E402
-from .model import BASELINE, as_yolo, build_model, cfg_path  # noqa: E402
+from .models.backbone import MAIN_VARIANTS, VARIANTS, StarNetBackbone, get_variant  # noqa: E402
+from .models.yolo import BASELINE, as_yolo, build_model, cfg_path  # noqa: E402
 
 __all__ = ["BASELINE", "MAIN_VARIANTS", "VARIANTS", "StarNetBackbone", "as_yolo", "build_model", "cfg_path",
            "get_variant"]

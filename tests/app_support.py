@@ -21,10 +21,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from starnet_demo.detector import clear_detectors
-from starnet_demo.loadtest import free_port, write_video  # noqa: F401 (the tests import write_video from here)
-from starnet_demo.model import build_model
-from starnet_demo.weights import save_weights
+from starnet_demo.inference.detector import clear_detectors
+from starnet_demo.models.yolo import build_model
+from starnet_demo.tools.loadtest import free_port, write_video  # noqa: F401 (the tests import write_video from here)
+from starnet_demo.weights.files import save_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -52,7 +52,7 @@ def with_real_batchnorms(variant: str = "s050", seed: int = 0) -> nn.Module:
     return model
 
 
-def boxy_weights(folder: Path, variants: tuple[str, ...] = ("s1",)) -> Path:
+def boxy_weights(folder: Path, variants: tuple[str, ...] = ("s1", "yolov8n")) -> Path:
     """Random-init weights whose stride-32 Detect branch scores every anchor 0.5 "person": after NMS a handful of
     large boxes on any image (5 at 320 px, 16 at 640 px)."""
     for v in variants:

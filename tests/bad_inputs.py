@@ -32,7 +32,7 @@ from app_support import BUS, write_video
 from gradio_client import Client
 from PIL import Image
 
-from starnet_demo.video import MAX_SECONDS
+from starnet_demo.media.video import MAX_SECONDS
 
 GOOD = (0.25, 0.45, 160)  # conf, iou, imgsz of every request: 160 px keeps each one well under a second
 

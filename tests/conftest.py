@@ -24,8 +24,8 @@ from safetensors.torch import save_file  # noqa: E402
 from ultralytics.data.augment import LetterBox  # noqa: E402
 from ultralytics.utils import ASSETS  # noqa: E402
 
-from starnet_demo.model import BASELINE, COCO_NAMES, build_model  # noqa: E402
-from starnet_demo.weights import save_weights  # noqa: E402
+from starnet_demo.models.yolo import BASELINE, COCO_NAMES, build_model  # noqa: E402
+from starnet_demo.weights.files import save_weights  # noqa: E402
 
 SHAPE_NAMES = {0: "rectangle", 1: "ellipse"}
 

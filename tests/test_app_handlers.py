@@ -16,10 +16,11 @@ import torch
 from app_support import BUS, EXAMPLES, boxy_weights, load_app, png_header_only, write_video
 from PIL import Image
 
-from starnet_demo import devices
-from starnet_demo.detector import clear_detectors
-from starnet_demo.runtimes import EXPORT_FORMATS, resolve_runtime
-from starnet_demo.weights import record_metrics
+from starnet_demo.inference import devices
+from starnet_demo.inference.detector import clear_detectors
+from starnet_demo.inference.runtimes import EXPORT_FORMATS, resolve_runtime
+from starnet_demo.ui import choices, files, handlers
+from starnet_demo.weights.files import record_metrics
 
 SETTINGS = ("s1", "cpu", 0.25, 0.45, 320)
 
@@ -113,7 +114,7 @@ def test_bad_images_give_clear_errors(app, tmp_path):
     (("s1", "cpu", math.nan, 0.45, 320), "confidence"),
     (("s1", "cpu", 0.25, 7, 320), "IoU"),
     (("s1", "cpu", 0.25, 0.45, 99999), "image size"),
-    (("s2", "cpu", 0.25, 0.45, 320), "Weights for this variant are not available: no weights for s2"),
+    (("s2", "cpu", 0.25, 0.45, 320), "Weights for this model are not available: no weights for s2"),
 ])
 def test_bad_settings_give_clear_errors(app, settings, message):
     with pytest.raises(gr.Error, match=message):
@@ -121,7 +122,7 @@ def test_bad_settings_give_clear_errors(app, settings, message):
 
 
 def test_runtime_the_device_cannot_run_is_refused(app):
-    assert app.runtime_choices()[:2] == ["auto", "pytorch"]
+    assert choices.runtime_choices()[:2] == ["auto", "pytorch"]
     with pytest.raises(gr.Error, match="cannot run on cpu"):
         app.detect_image(str(BUS), *SETTINGS, runtime="cudagraph")
 
@@ -163,14 +164,14 @@ def test_zero_gpu_decorator_is_a_no_op_off_zerogpu(monkeypatch):
 
 
 def test_models_are_loaded_once_per_variant_and_device(app):
-    first = app.load_detector("s1", "cpu")
+    first = handlers.load_detector("s1", "cpu")
     app.detect_image(str(BUS), "yolov8n", "cpu", 0.25, 0.45, 320)  # switch away and back
     app.detect_image(str(BUS), *SETTINGS)
-    assert app.load_detector("s1", "cpu") is first
+    assert handlers.load_detector("s1", "cpu") is first
 
 
 def test_device_choices_explain_a_missing_gpu(app):
-    values = [v for _, v in app.device_choices()]
+    values = [v for _, v in choices.device_choices()]
     assert values[0] == "cpu"
     if torch.cuda.is_available():
         assert "cuda:0" in values and devices.why_no_gpu() is None
@@ -179,26 +180,29 @@ def test_device_choices_explain_a_missing_gpu(app):
 
 
 def test_variant_choices_list_main_variants_and_tiny_ones_with_weights(app, weights):
-    values = [v for _, v in app.variant_choices()]
-    assert values == ["s1", "s2", "s3", "s4"]
-    assert "no weights" in dict((v, label) for label, v in app.variant_choices())["s2"]
+    values = [v for _, v in choices.variant_choices()]
+    assert values == ["s1", "s2", "s3", "s4", "yolov8n"]
+    assert [v for _, v in choices.variant_choices(reference=False)] == ["s1", "s2", "s3", "s4"]
+    assert "no weights" in dict((v, label) for label, v in choices.variant_choices())["s2"]
     boxy_weights(weights, ("s050",))
     try:
-        assert "s050" in [v for _, v in app.variant_choices()]
+        assert "s050" in [v for _, v in choices.variant_choices()]
     finally:
         for f in weights.glob("s050.*"):
             f.unlink()
 
 
 def test_variant_labels_give_the_held_out_map_and_flag_undertrained_weights(app, tmp_path, monkeypatch):
-    folder = boxy_weights(tmp_path, ("s1", "s2", "s3"))
+    folder = boxy_weights(tmp_path, ("s1", "s2", "s3", "yolov8n"))
     teacher = {"teacher_map50": 0.56}
     record_metrics(folder / "s1.json", {"map50": 0.337, **teacher})
     record_metrics(folder / "s2.json", {"map50": 0.0004, **teacher})
+    record_metrics(folder / "yolov8n.json", {"map50": 0.5645, **teacher})
     monkeypatch.setenv("STARNET_WEIGHTS_DIR", str(folder))
-    labels = {v: label for label, v in app.variant_choices()}
+    labels = {v: label for label, v in choices.variant_choices()}
     assert labels == {"s1": "StarNet-S1 · mAP50 0.34", "s2": "StarNet-S2 · mAP50 0.00 (undertrained)",
-                      "s3": "StarNet-S3", "s4": "StarNet-S4 (no weights yet)"}
+                      "s3": "StarNet-S3", "s4": "StarNet-S4 (no weights yet)",
+                      "yolov8n": "YOLOv8n (reference) · mAP50 0.56"}
 
 
 # ---------------------------------------------------------------- Video tab
@@ -216,9 +220,9 @@ def test_detect_video_writes_browser_playable_h264_with_counts(app, clip):
 
 def test_video_outputs_are_cleaned_up(app, clip):
     path = app.detect_video_file(str(clip), *SETTINGS)[0]
-    assert path.startswith(str(app.output_dir()))
-    app.sweep_outputs(older_than_s=0)
-    assert not list(app.output_dir().iterdir())
+    assert path.startswith(str(files.output_dir()))
+    files.sweep_outputs(older_than_s=0)
+    assert not list(files.output_dir().iterdir())
 
 
 def _bad_videos(tmp_path, clip):
@@ -256,7 +260,7 @@ def test_bad_videos_give_clear_errors_and_leave_no_files(app, tmp_path, clip):
     for name, message in _bad_videos(tmp_path, clip).items():
         with pytest.raises(gr.Error, match=message):
             app.detect_video_file(str(tmp_path / name), *SETTINGS)
-    assert not list(app.output_dir().glob("*.mp4"))
+    assert not list(files.output_dir().glob("*.mp4"))
     with pytest.raises(gr.Error, match="upload a video"):
         app.detect_video_file(None, *SETTINGS)
 
@@ -269,7 +273,7 @@ def test_video_cut_off_part_way_keeps_the_frames_before(app, tmp_path):
     cut.write_bytes(whole.read_bytes()[:ninth + 10])  # breaks off inside the ninth frame
     path, summary, _ = app.detect_video_file(str(cut), *SETTINGS)
     assert 0 < summary["frames"] < 12 and summary["truncated"]
-    app.sweep_outputs(older_than_s=0)
+    files.sweep_outputs(older_than_s=0)
 
 
 # ---------------------------------------------------------------- Webcam tab
@@ -288,9 +292,12 @@ def test_missing_webcam_frame_is_skipped_not_fatal(app):
 
 # ---------------------------------------------------------------- Latency tab
 def test_latency_times_variants_and_baseline_side_by_side(app):
-    table, plot, shots, results = app.latency(str(BUS), ["s1"], "cpu", 320, runs=2, baseline=True)
-    assert list(table["model"]) == ["StarNet-S1", "YOLOv8n (untrained baseline)"]
-    assert {"runtime", "params (M)", "GFLOPs", "total ms (median / p90)"} <= set(table.columns)
+    table, plot, tradeoff, shots, results = app.latency(str(BUS), ["s1"], "cpu", 320, runs=2, baseline=True)
+    assert list(table["model"]) == ["StarNet-S1", "YOLOv8n (reference)"]
+    assert {"mAP50 (held out)", "runtime", "params (M)", "GFLOPs", "total ms (median / p90)"} <= set(table.columns)
+    # the test weights carry no recorded figures: no accuracy to plot, and the table says so
+    assert list(table["mAP50 (held out)"]) == ["not measured"] * 2 and tradeoff.empty
+    assert [r["map50"] for r in results] == [None, None]
     assert set(plot["stage"]) == {"preprocess", "inference", "postprocess"} and len(plot) == 6
     assert len(shots) == 2 and shots[0][0].shape == np.asarray(Image.open(BUS)).shape
     assert all(r["runs"] == 2 and r["total_ms"] > 0 and r["total_ms_p90"] >= r["total_ms"] for r in results)
@@ -310,7 +317,7 @@ def test_star_maps_gallery(app):
 
 @pytest.mark.parametrize("shape_hw", [(1080, 810), (300, 451), (101, 997)])
 def test_star_maps_cover_the_picture_not_the_padding(shape_hw):
-    from starnet_demo.visualize import content_box, letterbox
+    from starnet_demo.inference.preprocess import content_box, letterbox
 
     boxed = letterbox(np.full((*shape_hw, 3), 255, np.uint8), 320)
     ys, xs = np.nonzero(boxed[..., 0] == 255)
@@ -318,8 +325,8 @@ def test_star_maps_cover_the_picture_not_the_padding(shape_hw):
 
 
 def test_star_maps_blocks_follow_the_variant(app):
-    assert app.block_keys("s1")[-1] == "3.2" and app.block_keys("s4")[-1] == "3.4"
-    assert app.default_block("s4").startswith("2.")
+    assert choices.block_choices("s1")[-1] == "3.2" and choices.block_choices("s4")[-1] == "3.4"
+    assert choices.default_block("s4").startswith("2.") and choices.block_choices("yolov8n") == []
     with pytest.raises(gr.Error, match="not in s1"):
         app.star_maps(str(BUS), "s1", "9.9", 320)
 
@@ -329,3 +336,15 @@ def test_app_builds_with_every_tab(app):
     names = {fn.api_name for fn in demo.fns.values()}
     assert {"detect_image", "detect_video", "latency", "star_maps", "webcam"} <= names
     assert len(list(EXAMPLES.glob("*.jpg"))) >= 5 and (EXAMPLES / "vtest.mp4").is_file()
+
+
+def test_latency_rows_carry_the_recorded_map50(app, weights):
+    config = weights / "s1.json"
+    before = config.read_text()
+    record_metrics(config, {"map50": 0.385, "map50_se": 0.028})
+    try:
+        table, _, tradeoff, _, results = app.latency(str(BUS), ["s1"], "cpu", 320, runs=1, baseline=False)
+    finally:
+        config.write_text(before)
+    assert results[0]["map50"] == 0.385 and list(table["mAP50 (held out)"]) == ["0.385 ± 0.028"]
+    assert tradeoff.to_dict("records") == [{"model": "StarNet-S1", "ms": results[0]["total_ms"], "mAP50": 0.385}]

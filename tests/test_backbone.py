@@ -15,8 +15,8 @@ from torch import nn
 from ultralytics.nn.modules import Conv
 
 from starnet_demo import VARIANTS, StarNetBackbone, build_model, get_variant
-from starnet_demo.backbone import OUT_INDICES, blocks
-from starnet_demo.model import backbone
+from starnet_demo.models.backbone import OUT_INDICES, blocks
+from starnet_demo.models.yolo import backbone
 
 ROOT = str(Path(__file__).resolve().parents[1])
 

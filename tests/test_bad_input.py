@@ -19,8 +19,8 @@ from bad_inputs import CASES, GOOD, Case, queue_call, resolve, write_corpus
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from starnet_demo.loadtest import serve_app
-from starnet_demo.video import MAX_BYTES
+from starnet_demo.media.video import MAX_BYTES
+from starnet_demo.tools.loadtest import serve_app
 
 
 def server_env(root: Path) -> dict[str, str]:

@@ -14,13 +14,13 @@ from ultralytics.data.dataset import YOLODataset
 from ultralytics.data.utils import check_det_dataset
 from ultralytics.utils import DEFAULT_CFG
 
-from starnet_demo.__main__ import main
-from starnet_demo.bench import bench
-from starnet_demo.data import held_out_view
-from starnet_demo.evaluate import images_map
-from starnet_demo.hub import model_card
-from starnet_demo.model import as_yolo
-from starnet_demo.weights import load_weights, read_config, sha256_file
+from starnet_demo.cli import main
+from starnet_demo.models.yolo import as_yolo
+from starnet_demo.tools.bench import bench
+from starnet_demo.tools.publish import model_card
+from starnet_demo.training.data import held_out_view
+from starnet_demo.training.evaluate import images_map
+from starnet_demo.weights.files import load_weights, read_config, sha256_file
 
 ROOT = Path(__file__).resolve().parent.parent
 IMGSZ = 320

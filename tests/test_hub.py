@@ -19,11 +19,12 @@ from hub_server import HubServer
 from huggingface_hub import ModelCard, constants
 from test_weights import pickle_that_mkdirs
 
-from starnet_demo import hub as hub_mod
-from starnet_demo.__main__ import main
-from starnet_demo.hub import build_upload_folder, publish, resolve, resolve_weights
-from starnet_demo.model import build_model
-from starnet_demo.weights import EMBEDDED_DIR, FORMAT, WeightsError, load_weights, save_weights, sha256_file
+from starnet_demo.cli import main
+from starnet_demo.models.yolo import build_model
+from starnet_demo.tools.publish import build_upload_folder, publish
+from starnet_demo.weights import hub as hub_mod
+from starnet_demo.weights.files import EMBEDDED_DIR, FORMAT, WeightsError, load_weights, save_weights, sha256_file
+from starnet_demo.weights.hub import resolve, resolve_weights
 
 REPO = "test-org/yolov8-starnet"
 VARIANT = "s050"

@@ -11,8 +11,8 @@ import json
 import pytest
 from app_support import boxy_weights
 
-from starnet_demo.__main__ import main
-from starnet_demo.loadtest import DEFAULT_MIX, serve_app
+from starnet_demo.cli import main
+from starnet_demo.tools.loadtest import DEFAULT_MIX, serve_app
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ from torch import nn
 from ultralytics.nn.modules import SPPF, Conv, Detect, Index
 
 from starnet_demo import BASELINE, VARIANTS, as_yolo, build_model
-from starnet_demo.model import COCO_NAMES, backbone, forward_layers, init_from_teacher, variant_of
-from starnet_demo.weights import load_weights, save_weights
+from starnet_demo.models.yolo import COCO_NAMES, backbone, forward_layers, init_from_teacher, variant_of
+from starnet_demo.weights.files import load_weights, save_weights
 
 # YOLOv8n's layers that feed its neck (P3 C2f 4, P4 C2f 6, P5 C2f 8) become our adapters; from SPPF (9) on, k -> k - 2.
 TEACHER_TO_OURS = {4: 4, 6: 5, 8: 6}

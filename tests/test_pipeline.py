@@ -9,10 +9,10 @@ import pytest
 import torch
 from ultralytics.utils import ASSETS
 
-from starnet_demo.detector import Detector
-from starnet_demo.model import build_model
-from starnet_demo.pipeline import run_video
-from starnet_demo.weights import save_weights
+from starnet_demo.inference.detector import Detector
+from starnet_demo.inference.pipeline import run_video
+from starnet_demo.models.yolo import build_model
+from starnet_demo.weights.files import save_weights
 
 FRAMES = 12
 

@@ -7,9 +7,9 @@ import torch
 from app_support import with_real_batchnorms
 from torch import nn
 
-from starnet_demo.backbone import blocks
-from starnet_demo.model import BASELINE, backbone, build_model
-from starnet_demo.rewrite import MergedStarBlock, fold_batchnorms, merge_star_pairs, optimise
+from starnet_demo.models.backbone import blocks
+from starnet_demo.models.rewrite import MergedStarBlock, fold_batchnorms, merge_star_pairs, optimise
+from starnet_demo.models.yolo import BASELINE, backbone, build_model
 
 
 def assert_same_predictions(a: torch.Tensor, b: torch.Tensor) -> None:

@@ -27,13 +27,11 @@ from safetensors.torch import load_file
 from ultralytics.data.augment import LetterBox
 from ultralytics.utils import ASSETS
 
-from starnet_demo import __main__ as cli
-from starnet_demo import runtimes
-from starnet_demo.bench import busy_cores
-from starnet_demo.detector import Detector, clear_detectors, get_detector
-from starnet_demo.latency import measure
-from starnet_demo.model import BASELINE, COCO_NAMES, build_model
-from starnet_demo.runtimes import (
+from starnet_demo import cli
+from starnet_demo.inference import runtimes
+from starnet_demo.inference.detector import Detector, clear_detectors, get_detector
+from starnet_demo.inference.latency import measure
+from starnet_demo.inference.runtimes import (
     export,
     load_backend,
     openvino_cpu_bf16,
@@ -41,7 +39,9 @@ from starnet_demo.runtimes import (
     resolve_runtime,
     unavailable_reason,
 )
-from starnet_demo.weights import EMBEDDED_DIR, save_weights
+from starnet_demo.models.yolo import BASELINE, COCO_NAMES, build_model
+from starnet_demo.tools.bench import busy_cores
+from starnet_demo.weights.files import EMBEDDED_DIR, save_weights
 
 IMGSZ = 320
 CONF = 0.25

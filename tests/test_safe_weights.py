@@ -20,9 +20,9 @@ from huggingface_hub import constants
 from test_hub import flipped, release_files
 from test_weights import pickle_that_mkdirs
 
-from starnet_demo.detector import clear_detectors, get_detector
-from starnet_demo.model import build_model
-from starnet_demo.weights import FORMAT, save_weights
+from starnet_demo.inference.detector import clear_detectors, get_detector
+from starnet_demo.models.yolo import build_model
+from starnet_demo.weights.files import FORMAT, save_weights
 
 REPO = "test-org/yolov8-starnet"
 SETTINGS = ("s1", "cpu", 0.25, 0.45, 160)
@@ -109,7 +109,7 @@ def test_a_pickle_on_the_hub_is_never_unpickled(hub, app, tmp_path, monkeypatch)
               "sha256": hashlib.sha256(payload).hexdigest()}
     hub.commit(REPO, {"s1.safetensors": payload, "s1.json": json.dumps(config).encode()})
     monkeypatch.setenv("STARNET_HUB_REVISION", "main")
-    with pytest.raises(app.gr.Error, match="Weights for this variant are not available: .*refused as corrupt or "
+    with pytest.raises(app.gr.Error, match="Weights for this model are not available: .*refused as corrupt or "
                                            "tampered: it is not a safetensors file"):
         app.detect_image(str(BUS), *SETTINGS)
     assert not marker.exists()

@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 from starnet_demo import build_model
-from starnet_demo.backbone import blocks
-from starnet_demo.model import backbone
-from starnet_demo.star import block_keys, capture_star
+from starnet_demo.models.backbone import blocks
+from starnet_demo.models.star import block_keys, capture_star
+from starnet_demo.models.yolo import backbone
 
 STAGE_STRIDES = {"0": 4, "1": 8, "2": 16, "3": 32}
 

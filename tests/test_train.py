@@ -23,13 +23,19 @@ from ultralytics.utils import DEFAULT_CFG
 from ultralytics.utils.patches import torch_load
 
 from starnet_demo import BASELINE, as_yolo, build_model
-from starnet_demo import train as train_module
-from starnet_demo.__main__ import main
-from starnet_demo.data import prepare_data
-from starnet_demo.distill import feature_loss, output_loss, recalibrate_bn, reestimate_bn, reestimate_bn_if_better
-from starnet_demo.model import COCO_NAMES, OWN_TEACHER_START, init_from_teacher
-from starnet_demo.train import RUN_NOTES, StarNetTrainer, train
-from starnet_demo.weights import load_weights
+from starnet_demo.cli import main
+from starnet_demo.models.yolo import COCO_NAMES, OWN_TEACHER_START, init_from_teacher
+from starnet_demo.training import train as train_module
+from starnet_demo.training.data import prepare_data
+from starnet_demo.training.distill import (
+    feature_loss,
+    output_loss,
+    recalibrate_bn,
+    reestimate_bn,
+    reestimate_bn_if_better,
+)
+from starnet_demo.training.train import RUN_NOTES, StarNetTrainer, train
+from starnet_demo.weights.files import load_weights
 
 # Overfit the 8 fixture images: one batch per epoch, an optimizer step every batch, no warm-up, no augmentation.
 OVERFIT = dict(imgsz=128, batch=8, nbs=8, workers=0, device="cpu", optimizer="AdamW", lr0=0.01, warmup_epochs=0,
@@ -216,7 +222,7 @@ def test_output_kd_needs_the_teachers_classes(shapes_data, teacher_file, tmp_pat
 
 
 def test_earlier_seconds_sums_the_processes_before_a_resume(tmp_path):
-    from starnet_demo.train import _earlier_seconds
+    from starnet_demo.training.train import _earlier_seconds
 
     csv_file = tmp_path / "results.csv"
     csv_file.write_text("epoch,time,train/p3\n1,10,0.9\n2,20,0.8\n3,4,0.7\n4,9,0.6\n")  # resumed after epoch 2
@@ -271,7 +277,7 @@ def test_multi_gpu_launch_exports_what_its_worker_trained(distilled, shapes_data
 
 
 def test_frozen_bn_student_keeps_batchnorms_in_eval_mode():
-    from starnet_demo.distill import DistillStudent
+    from starnet_demo.training.distill import DistillStudent
 
     model = build_model("s050", cls=DistillStudent)
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]

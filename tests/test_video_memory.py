@@ -19,8 +19,8 @@ from app_support import write_video
 
 CHILD = """
 import json, resource, sys
-from starnet_demo.detector import get_detector
-from starnet_demo.video import detect_video
+from starnet_demo.inference.detector import get_detector
+from starnet_demo.media.video import detect_video
 
 detector = get_detector("s050", "cpu", "pytorch", imgsz=96)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -1,0 +1,415 @@
+"""The command line: ``python -m starnet_demo <command> …`` (or ``starnet-demo``); ``--help`` lists the commands.
+
+Every command fails with one line on stderr and a non-zero exit on bad input, never with a stack trace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import BASELINE, MAIN_VARIANTS, VARIANTS
+
+
+def _variants(text: str) -> list[str]:
+    names = [v.strip().lower() for v in text.split(",") if v.strip()]
+    bad = [v for v in names if v not in VARIANTS and v != BASELINE]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown variant(s) {', '.join(bad)}; choose from {', '.join(VARIANTS)}")
+    return names
+
+
+def _stages(text: str) -> str:
+    stages = [x.strip() for x in text.split(",")]
+    bad = [x for x in stages if x not in ("distill", "finetune")]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown stage(s) {', '.join(bad)}; use distill and/or finetune")
+    return ",".join(stages)
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    from .models.yolo import summary
+
+    print(f"{'variant':<8} {'backbone params':>16} {'detector params':>16} {'GFLOPs@' + str(args.imgsz):>12}")
+    for v in args.variants:
+        s = summary(v, args.imgsz)
+        print(f"{v:<8} {s['backbone_params'] / 1e6:>15.2f}M {s['params'] / 1e6:>15.2f}M {s['gflops']:>12.2f}")
+
+
+def cmd_prepare_data(args: argparse.Namespace) -> None:
+    from .training.data import prepare_data
+
+    print(prepare_data(args.root, args.out))
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .training.train import train
+
+    stages = args.stage.split(",")
+    per_stage = {"time_min": _per_stage(args.time_min, stages, float), "imgsz": _per_stage(args.imgsz, stages, int)}
+    common = {k: v for k, v in vars(args).items() if k in {"epochs", "batch", "device", "workers", "amp", "lr0",
+                                                             "cache", "seed", "patience", "fraction"}
+              and v is not None}
+    for item in args.set or []:
+        key, eq, value = item.partition("=")
+        if not (key and eq):
+            raise ValueError(f"--set takes KEY=VALUE (an ultralytics train argument), got {item!r}")
+        common[key] = _literal(value)
+    if not (args.data or args.resume):
+        raise ValueError("train needs --data (a data YAML, e.g. from prepare-data), or --resume RUN/weights/last.pt")
+    if args.resume and (len(stages) > 1 or len(args.variant) > 1):
+        raise ValueError("--resume continues one run: give one --variant and one --stage")
+    distill_only = {"freeze_bn": args.freeze_bn, "reestimate_bn": args.reestimate_bn, "output_kd": args.output_kd,
+                    "train_head": args.train_head}
+    if any(distill_only.values()) and "distill" not in stages:
+        raise ValueError("--freeze-bn, --reestimate-bn, --output-kd and --train-head apply to the distill stage only")
+    for variant in args.variant:
+        weights = _weights_for(args.weights, variant)
+        for i, stage in enumerate(stages):
+            overrides = dict(common)
+            if per_stage["imgsz"]:
+                overrides["imgsz"] = per_stage["imgsz"][i]
+            if per_stage["time_min"]:
+                overrides["time"] = per_stage["time_min"][i] / 60
+            name = f"{args.name}-{variant}-{stage}" if args.name else None
+            weights = str(train(variant, args.data, stage=stage, weights=weights, teacher=args.teacher,
+                                pretrained=args.pretrained or False, resume=args.resume, project=args.project,
+                                name=name, **(distill_only if stage == "distill" else {}), **overrides))
+            print(weights, flush=True)
+
+
+def _per_stage(text: str | None, stages: list[str], kind: type) -> list:
+    """``"2,1"`` → one value per stage; a single value applies to every stage."""
+    if text is None:
+        return []
+    values = [kind(x) for x in str(text).split(",")]
+    if len(values) == 1:
+        values *= len(stages)
+    if len(values) != len(stages):
+        raise ValueError(f"got {len(values)} values for {len(stages)} stages: {text}")
+    return values
+
+
+def _weights_for(weights: str | None, variant: str) -> str | None:
+    """``--weights`` may be a file or a folder holding ``<variant>.json``."""
+    if weights and Path(weights).is_dir():
+        return str(Path(weights) / f"{variant}.json")
+    return weights
+
+
+def _literal(value: str):
+    import ast
+
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return value
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from .training.evaluate import evaluate, write_json
+    from .weights.files import load_weights
+    from .weights.hub import resolve_weights
+
+    path = _weights_for(args.weights, args.variant) if args.weights else \
+        resolve_weights(args.variant, repo_id=args.repo_id, revision=args.revision)
+    model, _ = load_weights(path)
+    tensors = Path(path).with_suffix(".safetensors")
+    against = _weights_for(args.against, args.variant)
+    result = evaluate(model, args.data, imgsz=args.imgsz, batch=args.batch, device=args.device,
+                      weights_file=tensors, bootstrap=args.bootstrap,
+                      against=load_weights(against)[0] if against else None,
+                      against_file=Path(against).with_suffix(".safetensors") if against else None)
+    write_json(result, args.out)
+    if args.record:
+        from .weights.files import record_metrics
+
+        keys = ("map50", "map50_se", "map50_95", "map50_95_se", "precision", "recall", "images", "imgsz", "batch",
+                "device")
+        record_metrics(path, {"data": args.record, **{k: result[k] for k in keys if k in result},
+                              **_teacher_reference(args)})
+        print(f"recorded in {Path(path).with_suffix('.json')}")
+
+
+def _teacher_reference(args: argparse.Namespace) -> dict[str, float]:
+    return {k: v for k, v in (("teacher_map50", args.teacher_map50), ("teacher_map50_95", args.teacher_map50_95))
+            if v is not None}
+
+
+def cmd_grow(args: argparse.Namespace) -> None:
+    from .training.grow import check_growth, grow
+    from .weights.files import load_weights, save_weights, sha256_file
+    from .weights.hub import resolve_weights
+
+    check_growth(args.source, args.target)  # refuse before loading anything
+    path = _weights_for(args.weights, args.source) if args.weights else resolve_weights(args.source)
+    model, config = load_weights(path)
+    if config["variant"] != args.source:
+        raise ValueError(f"{path} holds variant {config['variant']}, not {args.source}")
+    step = {"stage": "grow", "from": args.source, "to": args.target, "noise": args.noise, "seed": args.seed,
+            "source_sha256": sha256_file(Path(path).with_suffix(".safetensors")),
+            "method": "Net2Net: function-preserving widening (copied channels, divided readers) and deepening "
+                      "(new blocks with a zero dwconv2)"}
+    out = save_weights(grow(model, args.target, noise=args.noise, seed=args.seed), args.out,
+                       meta={"recipe": [*config.get("recipe", []), step]})
+    print(out)
+
+
+def cmd_reference(args: argparse.Namespace) -> None:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from .models.yolo import build_model
+    from .weights.files import save_weights, sha256_file
+
+    if not Path(args.state_dict).is_file():
+        raise FileNotFoundError(f"state dict not found: {args.state_dict}")
+    try:
+        state = load_file(args.state_dict)
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{args.state_dict} is not a readable safetensors file ({e})") from None
+    model = build_model(BASELINE)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(f"{args.state_dict} is not an 80-class YOLOv8n state dict: {str(e).splitlines()[0]}") from None
+    step = {"stage": "reference", "source": Path(args.state_dict).name,
+            "source_sha256": sha256_file(args.state_dict), "note": args.note}
+    print(save_weights(model.eval(), args.out, meta={"recipe": [step], "license": "AGPL-3.0"}))
+
+
+def cmd_publish(args: argparse.Namespace) -> None:
+    from .tools.publish import build_upload_folder, publish
+    from .weights.files import available_variants
+    from .weights.hub import hub_repo
+
+    repo_id = args.repo_id or hub_repo()
+    variants = args.variant or available_variants(args.weights_dir)
+    if args.dry_run:
+        import tempfile
+
+        folder = build_upload_folder(variants, args.weights_dir, args.out or tempfile.mkdtemp(prefix="publish-"),
+                                     repo_id)
+        for f in sorted(folder.iterdir()):
+            print(f"{f}  {f.stat().st_size} bytes")
+        return
+    commit = publish(repo_id, variants, args.weights_dir, tag=args.tag, commit_message=args.message,
+                     token=args.token, private=args.private)
+    print(f"published {', '.join(variants)} to {repo_id}: {commit}" + (f" (tag {args.tag})" if args.tag else ""))
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from .tools.bench import bench, default_video, to_markdown, write
+
+    video = None if args.video == "none" else (args.video or default_video())
+    for label, path in (("video", video), ("image", args.image), ("data YAML", args.accuracy)):
+        if path and not Path(path).is_file():
+            raise FileNotFoundError(f"{label} not found: {path}")
+    records = bench(args.variants, args.runtimes, device=args.device, imgsz=args.imgsz, runs=args.runs,
+                    warmup=args.warmup, image=args.image, video=video, video_frames=args.video_frames,
+                    precision_choice=args.precisions, rewrites=args.rewrites, accuracy=args.accuracy, busy=args.busy,
+                    log=lambda line: print(line, file=sys.stderr, flush=True))
+    json_path, md_path = write(records, args.out or f"runs/bench/bench-{args.device.replace(':', '')}.json")
+    print(to_markdown(records))
+    print(f"wrote {json_path} and {md_path}")
+    if all("error" in r for r in records):
+        raise RuntimeError("every combination failed")
+
+
+def cmd_loadtest(args: argparse.Namespace) -> None:
+    from .tools.loadtest import parse_mix, run, serve_app, write
+
+    def log(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    mix = parse_mix(args.mix)
+    if args.url:
+        report = run(args.url, args.users, args.duration, args.warmup, args.pid, args.variants, args.devices or ["cpu"],
+                     mix, args.imgsz, args.seed, log=log)
+    else:
+        from .inference import devices
+        from .weights.files import available_variants
+
+        variants = args.variants or [v for v in available_variants() if v in MAIN_VARIANTS] or ["s1"]
+        log("starting app.py on 127.0.0.1")
+        with serve_app(log=args.server_log) as server:
+            report = run(server.url, args.users, args.duration, args.warmup, server.pid, variants,
+                         args.devices or devices.available(), mix, args.imgsz, args.seed, log=log)
+            if not server.alive():
+                raise RuntimeError(f"the app died during the load test (see {args.server_log or 'its output'})")
+    path = write(report, args.out)
+    rss = report.get("rss_mb", {})
+    print(f"{report['done']} done, {report['failed']} failed in {report['duration_s']:.0f} s with {report['users']} "
+          f"users ({report['throughput_rps']} req/s); latency p50 {report['latency_s']['p50']} s, p95 "
+          f"{report['latency_s']['p95']} s; queue wait p95 {report['queue_wait_s']['p95']} s; RSS after warm-up "
+          f"{rss.get('after_warmup')} MB, end {rss.get('end')} MB, peak {rss.get('peak')} MB; wrote {path}")
+    if report["failed"] or report["load_requests"]["failed"]:
+        raise RuntimeError(f"{report['failed']} request(s) failed: {'; '.join(report['errors'][:3])}")
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument gives one line on stderr (no usage block); subcommand parsers inherit it."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m starnet_demo", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("info", help="parameters and GFLOPs of every variant")
+    s.add_argument("--variants", type=_variants, default=[*VARIANTS, BASELINE])
+    s.add_argument("--imgsz", type=int, default=640)
+    s.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("prepare-data", help="merge coco-mini and the distill pools into one ultralytics dataset")
+    s.add_argument("--root", default="../shared/datasets", help="folder holding coco-mini, distill, distill-extra")
+    s.add_argument("--out", default="runs/data", help="where to write data.yaml")
+    s.set_defaults(func=cmd_prepare_data)
+
+    s = sub.add_parser("train", help="train (distill or finetune stage) with ultralytics' trainer")
+    s.add_argument("--variant", type=_variants, required=True, help="one or more, comma-separated")
+    s.add_argument("--data", help="data YAML (from prepare-data)")
+    s.add_argument("--stage", default="finetune", type=_stages,
+                   help="distill, finetune, or distill,finetune to chain them (each feeds the next)")
+    s.add_argument("--weights", help="start from these weights (a .json/.safetensors, or a folder of them)")
+    s.add_argument("--teacher", help="YOLOv8n state dict (safetensors) to distil from and take the neck/head of")
+    s.add_argument("--pretrained", help="ImageNet backbone weights: 'timm' or a local file")
+    s.add_argument("--resume", help="an ultralytics last.pt to resume")
+    s.add_argument("--freeze-bn", action="store_true",
+                   help="distill with BatchNorm statistics fixed (eval mode): for continuing with small batches")
+    s.add_argument("--reestimate-bn", action="store_true",
+                   help="before distilling, set the student's BatchNorm statistics to its eval-mode inputs "
+                        "(kept only where that lowers the eval-mode feature loss)")
+    s.add_argument("--output-kd", type=float, default=0.0, metavar="WEIGHT",
+                   help="distill the frozen head's outputs too (class and box divergence from the teacher's), "
+                        "with this weight beside the feature loss")
+    s.add_argument("--train-head", action="store_true",
+                   help="with --output-kd, train the SPPF, neck and head taken from the teacher too, so that they "
+                        "adapt to StarNet's features")
+    s.add_argument("--epochs", type=int)
+    s.add_argument("--time-min", help="time budget in minutes (overrides --epochs); one per stage, comma-separated")
+    s.add_argument("--imgsz", help="training image size; one per stage, comma-separated")
+    s.add_argument("--batch", type=int)
+    s.add_argument("--device", help="cpu, 0, or 0,1,2,3 for multi-GPU DDP")
+    s.add_argument("--workers", type=int)
+    s.add_argument("--amp", type=lambda x: x.lower() in ("1", "true", "yes"), help="mixed precision (default on)")
+    s.add_argument("--lr0", type=float)
+    s.add_argument("--cache", help="ram or disk")
+    s.add_argument("--seed", type=int)
+    s.add_argument("--patience", type=int)
+    s.add_argument("--fraction", type=float)
+    s.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE",
+                   help="any other ultralytics train arguments (repeatable)")
+    s.add_argument("--project", default="runs/starnet")
+    s.add_argument("--name")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("eval", help="mAP on a held-out split, as JSON")
+    s.add_argument("--variant", required=True, type=lambda t: _variants(t)[0])
+    s.add_argument("--data", required=True)
+    s.add_argument("--weights", help="weights file or folder (default: the pinned Hub release, else weights/)")
+    s.add_argument("--repo-id", help="Hub repo of the weights (default: $STARNET_HUB_REPO or the project's)")
+    s.add_argument("--revision", help="Hub revision (default: $STARNET_HUB_REVISION or the pinned release)")
+    s.add_argument("--imgsz", type=int, default=640)
+    s.add_argument("--batch", type=int, default=16)
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--out")
+    s.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                   help="resample the images N times for the mAPs' standard errors (0: skip)")
+    s.add_argument("--against", metavar="WEIGHTS",
+                   help="other weights (file, or folder with the same variant) to compare with on the same images: "
+                        "the mAP differences and their paired standard errors")
+    s.add_argument("--record", metavar="SPLIT_NAME",
+                   help="also store the figures in the weights' JSON config under this split name")
+    s.add_argument("--teacher-map50", type=float, help="reference mAP50 to record beside ours")
+    s.add_argument("--teacher-map50-95", type=float, help="reference mAP50-95 to record beside ours")
+    s.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("grow", help="grow trained weights into a wider/deeper variant with the same function (Net2Net)")
+    s.add_argument("--from", dest="source", required=True, type=lambda t: _variants(t)[0], help="e.g. s1")
+    s.add_argument("--to", dest="target", required=True, type=lambda t: _variants(t)[0], help="e.g. s3 or s4")
+    s.add_argument("--out", required=True, help="folder for <to>.safetensors + .json")
+    s.add_argument("--weights", help="the source's weights file or folder (default: the pinned Hub release, else "
+                                     "weights/)")
+    s.add_argument("--noise", type=float, default=0.0,
+                   help="Gaussian noise on the dense convs, as a fraction of each one's weight std, to break the "
+                        "symmetry of copied channels (0: exactly the source's function)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the channel maps and the noise")
+    s.set_defaults(func=cmd_grow)
+
+    s = sub.add_parser("reference", help="wrap an ultralytics YOLOv8n state dict (safetensors) as the reference "
+                                         "model's weights in the project's format")
+    s.add_argument("--state-dict", required=True, help="e.g. ../shared/teachers/yolov8n-coco.safetensors")
+    s.add_argument("--out", required=True, help="folder for yolov8n.safetensors + .json (e.g. weights)")
+    s.add_argument("--note", default="COCO-trained YOLOv8n (ultralytics, AGPL-3.0); the teacher of the StarNets",
+                   help="provenance, kept in the recipe")
+    s.set_defaults(func=cmd_reference)
+
+    s = sub.add_parser("publish", help="upload weights, configs and a model card to a Hugging Face Hub repo")
+    s.add_argument("--repo-id", help="target repo (default: $STARNET_HUB_REPO or the project's)")
+    s.add_argument("--variant", type=_variants, help="one or more, comma-separated (default: all in --weights-dir)")
+    s.add_argument("--weights-dir", help="folder of <variant>.safetensors/.json (default: weights/)")
+    s.add_argument("--tag", help="tag the commit as a release, e.g. the HUB_REVISION the code pins")
+    s.add_argument("--message", help="commit message")
+    s.add_argument("--token", help="Hub token (default: $HF_TOKEN or the saved login)")
+    s.add_argument("--private", action="store_true", help="create the repo private")
+    s.add_argument("--dry-run", action="store_true", help="only build the upload folder in --out and list it")
+    s.add_argument("--out", help="empty or new folder where --dry-run builds (default: a new temporary one)")
+    s.set_defaults(func=cmd_publish)
+
+    s = sub.add_parser("bench", help="latency of every variant x runtime (YOLOv8n baseline included), JSON + markdown")
+    s.add_argument("--variants", type=_variants, default=list(MAIN_VARIANTS),
+                   help="comma-separated (default s1..s4); yolov8n is always added; missing weights: timed untrained")
+    s.add_argument("--runtimes", type=_csv, help="comma-separated from auto, pytorch, cudagraph, compile, "
+                   "onnxruntime, openvino, ultralytics (default: ultralytics + every one available on the device)")
+    s.add_argument("--device", default="cpu", help="cpu or cuda:N")
+    s.add_argument("--imgsz", type=int, default=640)
+    s.add_argument("--runs", type=int, default=20)
+    s.add_argument("--warmup", type=int, default=3)
+    s.add_argument("--precisions", default="default",
+                   help="'default' (each runtime's), 'all', or a list such as fp32,bf16,fp16")
+    s.add_argument("--rewrites", type=_csv, help="any of none, fold, fold+merge (default: each runtime's best)")
+    s.add_argument("--image", help="image to time (default examples/bus.jpg or ultralytics' bus.jpg)")
+    s.add_argument("--video", help="video for the end-to-end pipeline (default: first video in examples/; 'none')")
+    s.add_argument("--video-frames", type=int, default=150)
+    s.add_argument("--accuracy", metavar="DATA_YAML", help="also mAP50-95 per runtime/precision vs PyTorch fp32")
+    s.add_argument("--busy", type=int, default=0, metavar="N",
+                   help="N busy-loop processes compete for the CPU while timing (a shared machine)")
+    s.add_argument("--out", help="JSON path (markdown beside it); default runs/bench/bench-<device>.json")
+    s.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("loadtest", help="N concurrent gradio_client users against the app for a bounded time, JSON")
+    s.add_argument("--url", help="a running app (default: start app.py on 127.0.0.1 and measure its memory too)")
+    s.add_argument("--pid", type=int, help="with --url: the server's process id, for the memory figures")
+    s.add_argument("--users", type=int, default=8)
+    s.add_argument("--duration", type=float, default=60, help="measured seconds (after the warm-up)")
+    s.add_argument("--warmup", type=float, default=10, help="seconds of load before measuring (models loaded first)")
+    s.add_argument("--variants", type=_variants, help="default: s1..s4 that have weights")
+    s.add_argument("--devices", type=_csv, help="default: every device the app offers (cpu with --url)")
+    s.add_argument("--mix", default="image=6,video=1,latency=1,star=1,webcam=1", help="request kinds and their weights")
+    s.add_argument("--imgsz", type=int, default=320)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--server-log", help="where the started app's output goes (default: discarded)")
+    s.add_argument("--out", default="runs/loadtest/loadtest.json")
+    s.set_defaults(func=cmd_loadtest)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, RuntimeError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,1 @@
+"""Why stars: views that explain what the star operation buys."""

@@ -1,0 +1,1 @@
+"""Running a detector: runtimes, the detector, devices, the video pipeline and latency."""

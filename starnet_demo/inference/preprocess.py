@@ -1,0 +1,52 @@
+"""The one letterbox: what every runtime, the star maps, CAM and the tests feed the network.
+
+Ultralytics' ``LetterBox`` scales an image to fit a shape (square ``imgsz``, or for video the smallest stride-multiple
+rectangle, ultralytics' rect mode) and pads it with grey 114, centred. ``content_box`` says where the picture sits in
+the padded shape, so that maps computed on the letterbox can be cropped back to the picture.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from ultralytics.data.augment import LetterBox
+
+STRIDE = 32
+MAX_IMGSZ = 1920
+Shape = tuple[int, int]
+
+
+def check_imgsz(imgsz: int | float) -> int:
+    """Round up to a multiple of the stride, as ultralytics does; reject sizes no model runs at."""
+    if isinstance(imgsz, bool) or not isinstance(imgsz, (int, float)) or imgsz != imgsz:  # NaN is not equal to itself
+        raise ValueError(f"image size must be a number from {STRIDE} to {MAX_IMGSZ}, got {imgsz!r:.40}")
+    if not STRIDE <= imgsz <= MAX_IMGSZ:
+        raise ValueError(f"image size must be a number from {STRIDE} to {MAX_IMGSZ}, got {imgsz}")
+    return -(-int(imgsz) // STRIDE) * STRIDE
+
+
+def rect_shape(image_hw: Shape, imgsz: int) -> Shape:
+    """The smallest stride-multiple ``(h, w)`` holding the image scaled to fit ``imgsz``, as ultralytics' rect mode."""
+    h, w = image_hw
+    r = min(imgsz / h, imgsz / w)
+    return (-(-max(round(h * r), 1) // STRIDE) * STRIDE, -(-max(round(w * r), 1) // STRIDE) * STRIDE)
+
+
+def letterbox(image: np.ndarray, shape: int | Shape = 640) -> np.ndarray:
+    """``image`` (any channel order, ``uint8`` HWC) scaled to fit ``shape`` and padded, as the detector sees it."""
+    shape = (shape, shape) if isinstance(shape, int) else tuple(shape)
+    return LetterBox(shape, auto=False, stride=STRIDE)(image=image)
+
+
+def to_tensor(letterboxed: np.ndarray) -> torch.Tensor:
+    """A letterboxed RGB ``uint8`` image as a ``(1, 3, H, W)`` float tensor in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(letterboxed.transpose(2, 0, 1))).unsqueeze(0).float() / 255
+
+
+def content_box(shape_hw: Shape, imgsz: int | Shape) -> tuple[int, int, int, int]:
+    """``(top, left, height, width)`` of a ``shape_hw`` picture inside its letterbox, placed as ``LetterBox`` does."""
+    th, tw = (imgsz, imgsz) if isinstance(imgsz, int) else imgsz
+    h, w = shape_hw
+    r = min(th / h, tw / w)
+    nh, nw = round(h * r), round(w * r)
+    return round((th - nh) / 2 - 0.1), round((tw - nw) / 2 - 0.1), nh, nw

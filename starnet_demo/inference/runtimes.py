@@ -1,0 +1,407 @@
+"""Inference runtimes: the rewritten model run by PyTorch (eager, CUDA graph or compiled), ONNX Runtime or OpenVINO.
+
+Each backend takes one letterboxed RGB ``uint8`` image and returns YOLO's raw predictions ``(1, 4 + nc, anchors)``;
+the detector around it letterboxes and runs NMS, so every runtime sees the same pixels and the same post-processing.
+
+ONNX and OpenVINO models are made by ultralytics' exporter from ``rewrite.optimise``'s copy (BatchNorms folded; star
+pairs merged where that pays, see ``BEST_REWRITE``), and cached on disk under ``cache_root()``
+(``$STARNET_EXPORT_DIR``, else ``$XDG_CACHE_HOME/starnet_demo/exports``), one folder per (variant, format, imgsz,
+precision, rewrite, weights digest).
+Changed weights give a new digest, hence a new export; the stale folder for the same settings is removed.
+
+Precision names: ``fp32``, ``fp16`` (CUDA), ``bf16`` (OpenVINO's CPU inference precision hint, offered where the CPU
+supports bf16 natively: AMX or AVX512-BF16).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+import torch
+from ultralytics.nn.tasks import DetectionModel
+
+from ..models.rewrite import optimise
+from ..models.yolo import as_yolo, variant_of
+from .preprocess import Shape
+
+#: ``progress(fraction, desc=...)``: the signature of ``gr.Progress``, so the app can pass one straight in.
+Progress = Callable[..., Any]
+
+RUNTIMES = ("pytorch", "cudagraph", "compile", "onnxruntime", "openvino", "ultralytics")
+#: ``auto`` takes the first available of these; the order follows the benchmark. On the 2-core CPU, S1 at 640 px
+#: (inference ms, median; ``docs/bench/cpu-2026-11-28.md`` idle, ``docs/bench/cpu-busy1.md`` one core busy): where
+#: the CPU runs bf16 natively (AMX or AVX512-BF16), OpenVINO bf16 is fastest either way, 20.0 and 39.7 against ONNX
+#: Runtime's 41.0 and 66.1 (video 25.8 against 18.1 FPS on the busy CPU), and passes the accuracy guard (see
+#: ``precisions``). Without native bf16, OpenVINO fp32 wins only on an idle CPU (34.9 against 41.0); on the busy one
+#: it loses (71.5 against 66.1, video 16.1 against 18.1 FPS), and a shared CPU (a Space, concurrent requests, video
+#: decode and encode threads) is the normal case, so ONNX Runtime leads there.
+AUTO_ORDER = {"cpu": ("onnxruntime", "openvino", "pytorch"), "cpu-bf16": ("openvino", "onnxruntime", "pytorch"),
+              "cuda": ("cudagraph", "pytorch")}
+EXPORT_FORMATS = {"onnxruntime": "onnx", "openvino": "openvino"}
+#: The rewrites per runtime (``bench --rewrites none,fold,fold+merge``, ``docs/bench/cpu-rewrites.md``): one merged
+#: f1/f2 convolution slows ONNX Runtime and OpenVINO (S1 53.6 -> 61.7 and 41.6 -> 49.7 ms), as their compilers fuse
+#: ReLU6 and the star product into the two separate convolutions, which a merged convolution and a split prevent. On
+#: eager PyTorch on the CPU it is neutral (155.0 / 155.5 ms); it stays the PyTorch default because it halves the 1x1
+#: convolution launches that bound batch-1 GPU inference (not yet measured on a GPU).
+BEST_REWRITE = {"onnxruntime": "fold", "openvino": "fold"}
+
+
+def default_rewrite(runtime: str) -> str:
+    return BEST_REWRITE.get(runtime, "fold+merge")
+
+
+def is_cuda(device: str) -> bool:
+    return str(device).startswith("cuda")
+
+
+def _auto_order(device: str) -> tuple[str, ...]:
+    if is_cuda(device):
+        return AUTO_ORDER["cuda"]
+    return AUTO_ORDER["cpu-bf16" if openvino_cpu_bf16() else "cpu"]
+
+
+@lru_cache(maxsize=1)
+def openvino_cpu_bf16() -> bool:
+    """Whether OpenVINO runs bf16 natively on this CPU (its default inference precision there is then bf16)."""
+    try:
+        import openvino as ov
+    except ImportError:
+        return False
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def unavailable_reason(runtime: str, device: str) -> str | None:
+    """Why ``runtime`` cannot run on ``device`` here, or None if it can."""
+    if runtime not in RUNTIMES:
+        return f"unknown runtime {runtime!r}; choose from auto, {', '.join(RUNTIMES)}"
+    if is_cuda(device) and not torch.cuda.is_available():
+        return "CUDA is not available"
+    if runtime in ("cudagraph", "compile") and not is_cuda(device):
+        return f"{runtime} needs a CUDA device"
+    if runtime == "openvino":
+        if is_cuda(device):
+            return "openvino runs on the CPU only here"
+        try:
+            import openvino  # noqa: F401
+        except ImportError:
+            return "openvino is not installed"
+    if runtime == "onnxruntime":
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            return "onnxruntime is not installed"
+        if is_cuda(device) and "CUDAExecutionProvider" not in ort.get_available_providers():
+            return "onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)"
+    return None
+
+
+def available_runtimes(device: str = "cpu") -> list[str]:
+    return [r for r in RUNTIMES if unavailable_reason(r, device) is None]
+
+
+def resolve_runtime(runtime: str, device: str = "cpu") -> str:
+    """``auto`` → the fastest runtime available for the device; any other name is checked and returned."""
+    if runtime == "auto":
+        for candidate in _auto_order(device):
+            if unavailable_reason(candidate, device) is None:
+                return candidate
+        raise RuntimeError(f"no runtime available for {device}")
+    reason = unavailable_reason(runtime, device)
+    if reason:
+        raise ValueError(f"runtime {runtime} on {device}: {reason}")
+    return runtime
+
+
+def precisions(runtime: str, device: str = "cpu") -> tuple[str, ...]:
+    """Precisions a runtime supports on a device, the default first: the fastest that passes the accuracy guard.
+
+    OpenVINO's bf16 (where the CPU runs it natively) costs every shipped variant at most 0.5 points of mAP50-95 on
+    the held-out split against fp32 (``bench --precisions all --accuracy``, ``docs/bench/cpu.md``) and runs about 1.7x
+    faster (S1: 20.0 against 34.9 ms, ``docs/bench/cpu-2026-11-28.md``), so it is the default. New weights need that
+    guard rerun: the first S1 weights, trained with BatchNorms in train mode on the CPU, lost 0.56 points and would
+    have kept fp32.
+    """
+    if is_cuda(device):
+        return ("fp16", "fp32") if runtime != "onnxruntime" else ("fp32",)
+    if runtime == "openvino" and openvino_cpu_bf16():
+        return "bf16", "fp32"
+    return ("fp32",)
+
+
+def check_precision(runtime: str, device: str, precision: str | None) -> str:
+    supported = precisions(runtime, device)
+    if precision is None:
+        return supported[0]
+    if precision not in supported:
+        raise ValueError(f"{runtime} on {device} supports precision {', '.join(supported)}, not {precision}")
+    return precision
+
+
+# ----------------------------------------------------------------------------------------------------- export cache
+def cache_root() -> Path:
+    """Where exported models live: ``$STARNET_EXPORT_DIR``, else ``$XDG_CACHE_HOME/starnet_demo/exports``."""
+    if os.environ.get("STARNET_EXPORT_DIR"):
+        return Path(os.environ["STARNET_EXPORT_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "starnet_demo" / "exports"
+
+
+def weights_digest(model: DetectionModel) -> str:
+    """sha256 of the model's tensors (names, dtypes, shapes and bytes): the cache key's notion of "the weights"."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def as_shape(imgsz: int | Shape) -> Shape:
+    """``640`` → ``(640, 640)``; an ``(h, w)`` pair passes through."""
+    return (int(imgsz), int(imgsz)) if isinstance(imgsz, (int, np.integer)) else (int(imgsz[0]), int(imgsz[1]))
+
+
+def export_key(variant: str, runtime: str, imgsz: int | Shape, precision: str, rewrite: str, digest: str) -> str:
+    """One cache folder name per setting; ``precision`` is the file's (OpenVINO IRs are fp32, bf16 is a hint)."""
+    h, w = as_shape(imgsz)
+    size = f"{h}" if h == w else f"{h}x{w}"
+    return f"{variant}-{EXPORT_FORMATS[runtime]}-{size}-{precision}-{rewrite.replace('+', '_')}-{digest[:16]}"
+
+
+def _artefact(entry: Path, variant: str, runtime: str) -> Path:
+    fmt = EXPORT_FORMATS[runtime]
+    return entry / f"{variant}.onnx" if fmt == "onnx" else entry / f"{variant}_openvino_model" / f"{variant}.xml"
+
+
+@contextlib.contextmanager
+def quiet_ultralytics():
+    """Silence ultralytics' INFO logging (exporter and validator chatter) for the duration."""
+    from ultralytics.utils import LOGGER
+
+    level = LOGGER.level
+    LOGGER.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        LOGGER.setLevel(level)
+
+
+def export(model: DetectionModel, runtime: str, imgsz: int | Shape = 640, precision: str = "fp32",
+           rewrite: str | None = None, progress: Progress | None = None) -> Path:
+    """The cached ONNX file / OpenVINO XML for ``model`` at these settings, exporting it first if needed.
+
+    Export runs ultralytics' exporter on a rewritten copy of the model (static shape ``1×3×h×w``, batch 1,
+    onnxslim on) inside a temporary folder, then renames the folder into place, so concurrent processes never see a
+    half-written model.
+    """
+    if runtime not in EXPORT_FORMATS:
+        raise ValueError(f"{runtime} does not use an exported model")
+    report = progress or (lambda *a, **k: None)
+    rewrite = rewrite or default_rewrite(runtime)
+    variant, digest = variant_of(model), weights_digest(model)
+    file_precision = "fp16" if precision == "fp16" else "fp32"
+    key = export_key(variant, runtime, imgsz, file_precision, rewrite, digest)
+    root = cache_root()
+    entry = root / key
+    artefact = _artefact(entry, variant, runtime)
+    if artefact.is_file():
+        report(1.0, desc=f"using cached {EXPORT_FORMATS[runtime]} export of {variant}")
+        return artefact
+    root.mkdir(parents=True, exist_ok=True)
+    h, w = as_shape(imgsz)
+    report(0.05, desc=f"exporting {variant} to {EXPORT_FORMATS[runtime]} at {h}×{w} (once; cached afterwards)")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
+    try:
+        rewritten = optimise(model, rewrite).cpu()
+        rewritten.pt_path = str(tmp / f"{variant}.pt")  # the exporter writes next to this path
+        quantize = {"quantize": 16} if file_precision == "fp16" else {}
+        with quiet_ultralytics():
+            as_yolo(rewritten).export(format=EXPORT_FORMATS[runtime], imgsz=[h, w], device="cpu", batch=1,
+                                      dynamic=False, simplify=True, verbose=False, **quantize)
+        if not _artefact(tmp, variant, runtime).is_file():
+            raise RuntimeError(f"ultralytics' exporter wrote no {EXPORT_FORMATS[runtime]} model for {variant}")
+        (tmp / "export.json").write_text(json.dumps({
+            "variant": variant, "runtime": runtime, "imgsz": [h, w], "precision": file_precision, "rewrite": rewrite,
+            "weights_digest": digest}, indent=2) + "\n")
+        report(0.8, desc="export done")
+        for stale in root.glob(f"{key[:-16]}*"):  # same settings, other weights
+            if stale.is_dir() and stale.name != key:
+                shutil.rmtree(stale, ignore_errors=True)
+        try:
+            os.replace(tmp, entry)
+        except OSError:  # another process got there first; its export is as good as ours
+            if not artefact.is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return artefact
+
+
+# ------------------------------------------------------------------------------------------------------- backends
+class Backend(Protocol):
+    """Runs a letterboxed image; ``prepare`` is timed as preprocessing, ``__call__`` as inference."""
+
+    precision: str
+
+    def prepare(self, letterboxed: np.ndarray) -> Any: ...
+
+    def __call__(self, x: Any) -> torch.Tensor: ...
+
+
+def _blob(letterboxed: np.ndarray) -> np.ndarray:
+    """HWC uint8 → 1×3×H×W float32 in [0, 1], in one OpenCV pass (the pixels are already RGB)."""
+    return cv2.dnn.blobFromImage(letterboxed, scalefactor=1 / 255)
+
+
+class TorchBackend:
+    """The rewritten model in PyTorch: eager, a captured CUDA graph (``cudagraph``) or ``torch.compile``.
+
+    On CUDA it runs fp16 and channels-last by default. On CPU, channels-last is used too: oneDNN's 7×7 depthwise
+    convolutions run much faster in NHWC (see the benchmark).
+    """
+
+    def __init__(self, model: DetectionModel, device: str, imgsz: int | Shape, precision: str, mode: str = "eager",
+                 rewrite: str = "fold+merge", channels_last: bool = True):
+        self.device, self.precision, self.mode, self.shape = torch.device(device), precision, mode, as_shape(imgsz)
+        self.dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels once
+        net = optimise(model, rewrite).to(self.device, self.dtype).to(memory_format=self.memory_format)
+        self.net = net
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._static_in: torch.Tensor | None = None
+        self._static_out: torch.Tensor | None = None
+        self._run = self._eager
+        if mode == "compile":
+            self._compiled = torch.compile(net, mode="reduce-overhead")
+            self._run = self._compiled_call
+        elif mode == "cudagraph":
+            self._capture()
+            self._run = self._replay
+        elif mode != "eager":
+            raise ValueError(f"unknown torch mode {mode!r}")
+
+    def prepare(self, letterboxed: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(letterboxed).to(self.device, non_blocking=True)  # uint8 over the bus: 4× fewer bytes
+        x = x.permute(2, 0, 1).unsqueeze(0).to(self.dtype).div_(255)
+        return x.contiguous(memory_format=self.memory_format)
+
+    @staticmethod
+    def _first(out: Any) -> torch.Tensor:
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+    def _eager(self, x: torch.Tensor) -> torch.Tensor:
+        return self._first(self.net(x))
+
+    def _compiled_call(self, x: torch.Tensor) -> torch.Tensor:
+        torch.compiler.cudagraph_mark_step_begin()
+        return self._first(self._compiled(x)).clone()
+
+    @torch.inference_mode()
+    def _capture(self) -> None:
+        """Record one forward pass at the fixed input shape as a CUDA graph; replaying it skips ~300 launches."""
+        self._static_in = torch.zeros(1, 3, *self.shape, device=self.device, dtype=self.dtype
+                                      ).contiguous(memory_format=self.memory_format)
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            for _ in range(3):  # warm-up: cuDNN autotuning and the head's anchor cache happen outside the graph
+                self._eager(self._static_in)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        self._graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self._graph):
+            self._static_out = self._eager(self._static_in)
+
+    def _replay(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape) != tuple(self._static_in.shape):
+            raise ValueError(f"the CUDA graph was captured for {tuple(self._static_in.shape)}, got {tuple(x.shape)}")
+        self._static_in.copy_(x)
+        self._graph.replay()
+        return self._static_out  # overwritten by the next replay; the detector's lock makes NMS finish first
+
+    @torch.inference_mode()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self._run(x)
+
+
+class OnnxRuntimeBackend:
+    def __init__(self, path: Path, device: str, precision: str):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        # Idle intra-op threads sleep instead of spinning: spinning threads hold the cores that other requests, video
+        # decode and encode, and a Space's neighbours need, and wait longest when one of those holds a core.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if is_cuda(device) else ["CPUExecutionProvider"]
+        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        self.input_name = self.session.get_inputs()[0].name
+        self.precision = precision
+
+    def prepare(self, letterboxed: np.ndarray) -> np.ndarray:
+        return _blob(letterboxed)
+
+    def __call__(self, x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(self.session.run(None, {self.input_name: x})[0])
+
+
+class OpenVINOBackend:
+    """An OpenVINO IR compiled for the CPU in latency mode, with an explicit inference precision hint.
+
+    OpenVINO's CPU plugin defaults to bf16 on CPUs with native bf16, as ultralytics' AutoBackend leaves it; naming the
+    hint makes ``fp32`` and ``bf16`` both selectable and the benchmark's precision label true. Compiled blobs are kept
+    beside the IR (OpenVINO's ``CACHE_DIR``), so later loads skip compilation and stale exports take theirs along.
+    ``config`` adds compile properties (``scripts/ov_profile.py`` turns on ``PERF_COUNT``).
+    """
+
+    def __init__(self, path: Path, precision: str, config: dict[str, Any] | None = None):
+        import openvino as ov
+
+        core = ov.Core()
+        core.set_property({"CACHE_DIR": str(path.parent / "compiled")})
+        config = {"PERFORMANCE_HINT": "LATENCY",
+                  "INFERENCE_PRECISION_HINT": {"bf16": ov.Type.bf16, "fp16": ov.Type.f16}.get(precision, ov.Type.f32),
+                  **(config or {})}
+        self.compiled = core.compile_model(str(path), "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        self.precision = precision
+
+    def prepare(self, letterboxed: np.ndarray) -> np.ndarray:
+        return _blob(letterboxed)
+
+    def __call__(self, x: np.ndarray) -> torch.Tensor:
+        self.request.infer({0: x})
+        return torch.from_numpy(self.request.get_output_tensor(0).data.copy())
+
+
+def load_backend(model: DetectionModel, runtime: str, device: str, imgsz: int | Shape, precision: str,
+                 rewrite: str | None = None, progress: Progress | None = None) -> Backend:
+    """A ready-to-run backend (exporting and compiling as needed; ``progress`` hears about each step)."""
+    report = progress or (lambda *a, **k: None)
+    rewrite = rewrite or default_rewrite(runtime)
+    if runtime in ("pytorch", "cudagraph", "compile"):
+        mode = {"pytorch": "eager"}.get(runtime, runtime)
+        report(0.1, desc=f"preparing {variant_of(model)} for PyTorch ({mode}, {precision})")
+        backend = TorchBackend(model, device, imgsz, precision, mode=mode, rewrite=rewrite)
+    elif runtime in EXPORT_FORMATS:
+        path = export(model, runtime, imgsz, precision, rewrite, progress)
+        report(0.85, desc=f"loading {path.name} into {runtime}")
+        backend = (OnnxRuntimeBackend(path, device, precision) if runtime == "onnxruntime"
+                   else OpenVINOBackend(path, precision))
+    else:
+        raise ValueError(f"{runtime} has no backend here")
+    report(1.0, desc="ready")
+    return backend

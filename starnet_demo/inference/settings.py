@@ -1,0 +1,66 @@
+"""One validation of a detection request's settings, for the app, its API and the CLI alike: every bad value fails
+with a ``ValueError`` that names the setting."""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+from ..models.backbone import VARIANTS
+from ..models.yolo import BASELINE
+from . import devices
+from .preprocess import check_imgsz
+from .runtimes import unavailable_reason
+
+
+class Settings(NamedTuple):
+    variant: str
+    device: str
+    conf: float
+    iou: float
+    imgsz: int
+
+
+def check_variant(variant: object) -> str:
+    """``s1``, ``S1``, ``StarNet-S1`` → ``s1``; ``yolov8n`` is the reference model."""
+    name = str(variant or "").lower().removeprefix("starnet-").removeprefix("starnet_")
+    if name not in VARIANTS and name != BASELINE:
+        raise ValueError(f"unknown variant {variant!r:.40}; choose one of {', '.join([*VARIANTS, BASELINE])}")
+    return name
+
+
+def check_fraction(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be a number from 0 to 1, got {value!r:.40}")
+    return float(value)
+
+
+def check_settings(variant: object, device: object, conf: object, iou: object, imgsz: object) -> Settings:
+    """Validated, normalised settings (the image size rounded up to the stride, as ultralytics does)."""
+    return Settings(check_variant(variant), devices.check(str(device)), check_fraction("confidence", conf),
+                    check_fraction("IoU", iou), check_imgsz(imgsz))
+
+
+def check_runtime(runtime: object, device: str) -> str:
+    """A runtime this device can run, or ``auto``."""
+    runtime = str(runtime or "auto")
+    reason = None if runtime == "auto" else unavailable_reason(runtime, device)
+    if reason:
+        raise ValueError(f"runtime {runtime!r} cannot run on {device}: {reason}")
+    return runtime
+
+
+def class_ids(names: dict[int, str], classes: object) -> list[int] | None:
+    """Class names (a filter) to a model's class ids; no names means every class."""
+    if not classes:
+        return None
+    if isinstance(classes, str):
+        classes = [classes]
+    if not isinstance(classes, (list, tuple)) or not all(isinstance(c, str) for c in classes):
+        raise ValueError(f"classes must be a list of class names, got {classes!r:.80}")
+    ids = {name: i for i, name in names.items()}
+    unknown = [c for c in classes if c not in ids]
+    if unknown:
+        raise ValueError(f"unknown class(es) {unknown}; this model knows {len(ids)} COCO classes")
+    return [ids[c] for c in classes]

@@ -1,0 +1,1 @@
+"""Reading user images and videos safely."""

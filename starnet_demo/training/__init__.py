@@ -1,0 +1,1 @@
+"""Training: data, distillation, the trainer, held-out evaluation and growth into bigger variants."""

@@ -1,0 +1,249 @@
+"""The app's handlers, one per named API endpoint, as Gradio calls them: raw values in (``preprocess=False``),
+Gradio-ready values out.
+
+Each one validates its settings (``inference.settings``), reads the upload (``media``), runs a cached detector on
+the chosen device, retried on the CPU when a GPU is out of memory or busy (``devices.run_on``), and shapes the result.
+Bad input becomes a one-line ``gr.Error`` and the server carries on (``user_errors``).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+import weakref
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import gradio as gr
+import numpy as np
+import pandas as pd
+import supervision as sv
+
+from ..inference import devices
+from ..inference.detector import Detector, get_detector
+from ..inference.latency import measure
+from ..inference.runtimes import unavailable_reason
+from ..inference.settings import Settings, check_runtime, check_settings, class_ids
+from ..inference.video import detect_video
+from ..media.images import ImageError, read_image
+from ..media.video import VideoError
+from ..models.yolo import BASELINE
+from ..viz.annotate import DetectionAnnotator, StatsAnnotator, records
+from ..viz.starmaps import gallery
+from ..weights.files import WeightsError, local_dir
+from .choices import block_choices, model_name, recorded_metrics
+from .files import discard_upload, output_path, sweep_outputs, upload_path
+
+T = TypeVar("T")
+log = logging.getLogger("app")
+_told: weakref.WeakSet[Detector] = weakref.WeakSet()  # detectors whose weights notice was shown
+
+
+@contextmanager
+def user_errors(*uploads):
+    """Turn the package's bad-input errors into ``gr.Error`` (shown to the user; the server carries on), and anything
+    unexpected into a one-line ``gr.Error`` too (its traceback goes to the server log), never Gradio's bare "Error".
+
+    ``uploads`` (raw file payloads) that are refused as files are deleted from Gradio's cache at once: they cannot be
+    used, and a public app should not keep them until the cache sweep.
+    """
+    try:
+        yield
+    except gr.Error:
+        raise
+    except WeightsError as e:
+        raise gr.Error(f"Weights for this model are not available: {e}. They load from {local_dir()}.") from None
+    except (ImageError, VideoError) as e:
+        for upload in uploads:
+            discard_upload(upload)
+        raise gr.Error(str(e)) from None
+    except ValueError as e:
+        raise gr.Error(str(e)) from None
+    except Exception as e:
+        log.exception("request failed")
+        raise gr.Error(f"The request failed on the server ({type(e).__name__}); it was logged. Try other settings "
+                       "or another file.") from None
+
+
+def load_image(value: Any) -> np.ndarray:
+    """An RGB array from what the Image component sends raw: a file payload, a path or an array."""
+    if value is None:
+        raise gr.Error("Please upload an image first.")
+    if isinstance(value, dict):
+        value = value.get("path") or value.get("url")
+        if not value or not isinstance(value, str):
+            raise gr.Error("The image upload is empty.")
+        if value.startswith("data:"):
+            value = base64.b64decode(value.partition(",")[2])
+    if not isinstance(value, (str, Path, bytes, np.ndarray)):
+        raise gr.Error(f"Expected an image file, got {type(value).__name__}.")
+    return read_image(value)
+
+
+def load_detector(variant: str, device: str, runtime: str = "auto") -> Detector:
+    """The cached detector. After a fallback to the CPU, a GPU-only runtime becomes ``auto``.
+
+    Why the weights are not the pinned Hub release (unreachable, or a download refused as tampered) is shown once per
+    loaded model, in the request that loaded it.
+    """
+    if runtime != "auto" and unavailable_reason(runtime, device):
+        runtime = "auto"
+    detector = get_detector(variant, device, runtime)
+    if detector.notice and detector not in _told:
+        _told.add(detector)
+        log.warning("%s: %s", variant, detector.notice)
+        gr.Warning(f"{variant.upper()} weights: {detector.notice}")
+    return detector
+
+
+def on_device(s: Settings, runtime: str, fn: Callable[[Detector], T], toast: bool = True) -> tuple[T, str | None]:
+    """``fn(detector)`` on the chosen device, retried on the CPU (with a notice) when the GPU cannot take it."""
+    result, notice = devices.run_on(s.device, lambda dev: fn(load_detector(s.variant, dev, runtime)))
+    if notice and toast:
+        gr.Warning(notice)
+    return result, notice
+
+
+# ---------------------------------------------------------------- Image tab
+@devices.zero_gpu(duration=30)
+def detect_image(image, variant, device, conf, iou, imgsz, classes=None, runtime="auto"):
+    """Detect objects in one image: annotated image, detections JSON, table, timings line."""
+    with user_errors(image):
+        s, runtime = check_settings(variant, device, conf, iou, imgsz), check_runtime(runtime, device)
+        rgb = load_image(image)
+        (detections, t), notice = on_device(s, runtime, lambda det: det.detect(
+            rgb, conf=s.conf, iou=s.iou, imgsz=s.imgsz, classes=class_ids(det.names, classes)))
+    rows = records(detections)
+    table = pd.DataFrame([[r["class"], r["confidence"], *r["box"]] for r in rows],
+                         columns=["class", "confidence", "x1", "y1", "x2", "y2"])
+    timings = {"preprocess": round(t.preprocess_ms, 2), "inference": round(t.inference_ms, 2),
+               "postprocess": round(t.postprocess_ms, 2)}
+    result = {"variant": s.variant, "device": s.device if not notice else "cpu", "imgsz": s.imgsz,
+              "detections": rows, "timings_ms": timings, "notice": notice}
+    line = (f"**{len(rows)} objects** · preprocess {timings['preprocess']:.1f} ms · inference "
+            f"{timings['inference']:.1f} ms · postprocess {timings['postprocess']:.1f} ms")
+    return DetectionAnnotator().annotate(rgb, detections), result, table, line
+
+
+# ---------------------------------------------------------------- Video tab
+@devices.zero_gpu(duration=120)
+def detect_video_file(video, variant, device, conf, iou, imgsz, track=False, classes=None, runtime="auto",
+                      progress=gr.Progress()):  # noqa: B008 (Gradio injects progress through this default)
+    """Detect (and optionally track) objects in every frame: H.264 mp4, summary JSON, per-class counts table."""
+    path = upload_path(video)
+    if not path:
+        raise gr.Error("Please upload a video first.")
+    sweep_outputs()
+    with user_errors(video):
+        s, runtime = check_settings(variant, device, conf, iou, imgsz), check_runtime(runtime, device)
+        out = output_path(".mp4")
+        progress(0, desc="Detecting")
+        res, notice = on_device(s, runtime, lambda det: detect_video(
+            path, det, out, conf=s.conf, iou=s.iou, imgsz=s.imgsz, classes=class_ids(det.names, classes),
+            track=bool(track), annotate=DetectionAnnotator(trace=bool(track), rgb=False).annotate, progress=progress))
+    summary = {"variant": s.variant, "device": s.device if not notice else "cpu", "frames": res.frames,
+               "seconds": round(res.seconds, 2), "processing_fps": round(res.fps, 2), "width": res.width,
+               "height": res.height, "tracked": res.tracked, "truncated": res.truncated, "counts": res.counts,
+               "notice": notice}
+    if res.truncated:
+        gr.Warning(f"The video is damaged after frame {res.frames}; the frames before it were processed.")
+    return str(res.path), summary, pd.DataFrame(res.counts)
+
+
+# ---------------------------------------------------------------- Webcam tab
+def webcam_frame(frame, state, variant, device, conf, iou, imgsz, classes=None, runtime="auto"):
+    """One streamed frame in, annotated frame with FPS/latency out. Gradio keeps only the newest pending frame, so
+    frames that arrive while this runs are dropped, never queued."""
+    if frame is None:
+        gr.Warning("No frame from the webcam yet: allow camera access and press Record.")
+        return gr.skip(), state
+    state = state or {"fps": sv.FPSMonitor(), "frames": 0}
+    t0 = time.perf_counter()
+    with user_errors(frame):
+        s, runtime = check_settings(variant, device, conf, iou, imgsz), check_runtime(runtime, device)
+        rgb = load_image(frame)
+        # rect: every frame of a stream has one shape, so letterbox to the smallest rectangle (640x480 for a 4:3
+        # camera, as the video tab does): a quarter fewer pixels than the square. No toast per frame: the overlay.
+        detections, notice = on_device(s, runtime, lambda det: det.detect(
+            rgb, conf=s.conf, iou=s.iou, imgsz=s.imgsz, classes=class_ids(det.names, classes), rect=True)[0],
+            toast=False)
+    state["fps"].tick()
+    state["frames"] += 1
+    ms = (time.perf_counter() - t0) * 1000
+    text = f"{s.variant.upper()} | {state['fps'].fps:.1f} FPS | {ms:.0f} ms | {len(detections)} objects"
+    if notice:
+        text += " | on CPU: GPU unavailable"
+    return StatsAnnotator().annotate(DetectionAnnotator().annotate(rgb, detections), text), state
+
+
+# ---------------------------------------------------------------- Latency tab
+@devices.zero_gpu(duration=120)
+def latency(image, variants, device, imgsz, runs=10, baseline=True, conf=0.25, iou=0.45, runtime="auto"):
+    """Time each selected model (and the YOLOv8n reference) on one image: table, stage bar plot, accuracy against
+    latency, annotated gallery, JSON. Each row carries the model's recorded held-out mAP50."""
+    variants = [variants] if isinstance(variants, str) else variants
+    if variants is not None and not isinstance(variants, (list, tuple)):
+        raise gr.Error(f"variants must be a list such as ['s1', 's4'], got {variants!r:.80}")
+    models = list(dict.fromkeys([*(variants or []), *([BASELINE] if baseline else [])]))
+    if not models:
+        raise gr.Error("Select at least one model.")
+    if isinstance(runs, bool) or not isinstance(runs, (int, float)) or not 1 <= runs <= 100:  # also refuses NaN
+        raise gr.Error(f"runs must be a number from 1 to 100, got {runs!r:.40}")
+    results, shots = [], []
+    with user_errors(image):
+        runtime = check_runtime(runtime, device)
+        rgb = load_image(image)
+        for model in models:
+            s = check_settings(model, device, conf, iou, imgsz)
+
+            def work(det: Detector, s: Settings = s):
+                r = measure(det, rgb, runs=int(runs), warmup=2, conf=s.conf, iou=s.iou, imgsz=s.imgsz)
+                return r, det.detect(rgb, conf=s.conf, iou=s.iou, imgsz=s.imgsz)[0]
+
+            (r, detections), _ = on_device(s, runtime, work)
+            metrics = recorded_metrics(s.variant)
+            results.append({"model": model_name(s.variant), "variant": s.variant, "map50": metrics.get("map50"),
+                            "map50_se": metrics.get("map50_se"), **r})
+            shots.append((DetectionAnnotator().annotate(rgb, detections),
+                          f"{model_name(s.variant)}: {r['total_ms']:.0f} ms, {len(detections)} objects"))
+    table = pd.DataFrame([{
+        "model": r["model"], "mAP50 (held out)": _accuracy(r), "runtime": f"{r['runtime']} {r['precision']}",
+        "params (M)": round(r["params"] / 1e6, 2), "GFLOPs": r["gflops"],
+        **{f"{s} ms (median / p90)": f"{r[f'{s}_ms']:.1f} / {r[f'{s}_ms_p90']:.1f}"
+           for s in ("preprocess", "inference", "postprocess", "total")},
+        "FPS": r["fps"]} for r in results])
+    stages = pd.DataFrame([{"model": r["model"], "stage": s, "ms": r[f"{s}_ms"]} for r in results
+                           for s in ("preprocess", "inference", "postprocess")])
+    tradeoff = pd.DataFrame([{"model": r["model"], "ms": r["total_ms"], "mAP50": r["map50"]} for r in results
+                             if r["map50"] is not None], columns=["model", "ms", "mAP50"])
+    return table, stages, tradeoff, shots, results
+
+
+def _accuracy(r: dict) -> str:
+    if r["map50"] is None:
+        return "not measured"
+    return f"{r['map50']:.3f} ± {r['map50_se']:.3f}" if r.get("map50_se") is not None else f"{r['map50']:.3f}"
+
+
+# ---------------------------------------------------------------- Star operation tab
+@devices.zero_gpu(duration=30)
+def star_maps(image, variant, block, imgsz=640, top_k=3, device="cpu"):
+    """Heatmaps of act(f1(x)), f2(x) and their product for one block: gallery items and a summary JSON."""
+    with user_errors(image):
+        s = check_settings(variant, device, 0.25, 0.45, imgsz)
+        if s.variant == BASELINE:
+            raise ValueError("YOLOv8n has no star blocks; pick a StarNet variant")
+        if str(block) not in block_choices(s.variant):
+            raise ValueError(f"block {block!r:.20} is not in {s.variant}; choose one of "
+                             f"{', '.join(block_choices(s.variant))}")
+        if isinstance(top_k, bool) or not isinstance(top_k, (int, float)) or not 1 <= top_k <= 16:
+            raise ValueError(f"top channels must be a number from 1 to 16, got {top_k!r:.40}")
+        rgb = load_image(image)
+        # the hooks need the PyTorch model, which every detector keeps
+        (boxed, maps), _ = on_device(s, "pytorch", lambda det: det.star_maps(rgb, str(block), s.imgsz))
+        items = gallery(boxed, maps, top_k=int(top_k))
+    energy = {w: [round(float(v), 5) for v in maps.energy(w)] for w in ("act_f1", "f2", "star")}
+    return items, {"variant": s.variant, "block": maps.key, "shape_chw": list(maps.shape), "energy": energy}

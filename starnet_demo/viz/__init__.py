@@ -1,0 +1,1 @@
+"""Pictures: supervision annotations and star-operation heatmaps."""
