@@ -17,7 +17,7 @@ from app_support import EXAMPLES, ROOT, stream_webcam, write_y4m
 from gradio_client import Client, handle_file
 from playwright.sync_api import sync_playwright
 
-from starnet_demo.loadtest import serve_app
+from starnet_demo.tools.loadtest import serve_app
 
 SHOTS = ROOT / "artifacts" / "app-fps"
 FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--use-fake-device-for-media-stream",

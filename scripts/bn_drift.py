@@ -20,9 +20,9 @@ import torch
 from torch import nn
 from ultralytics.data.augment import LetterBox
 
-from starnet_demo.distill import LEVELS, feature_loss, load_teacher
-from starnet_demo.model import ADAPTER_LAYERS, TEACHER_FEATURE_LAYERS, forward_layers
-from starnet_demo.weights import load_weights, sha256_file
+from starnet_demo.models.yolo import ADAPTER_LAYERS, TEACHER_FEATURE_LAYERS, forward_layers
+from starnet_demo.training.distill import LEVELS, feature_loss, load_teacher
+from starnet_demo.weights.files import load_weights, sha256_file
 
 
 def batch(images: Path, n: int, imgsz: int) -> torch.Tensor:

@@ -22,10 +22,10 @@ import torch
 from bn_drift import batch
 from torch.nn.functional import cosine_similarity
 
-from starnet_demo.distill import feature_loss, load_teacher
-from starnet_demo.model import ADAPTER_LAYERS, TEACHER_FEATURE_LAYERS, forward_layers
-from starnet_demo.train import FROZEN_IN_DISTILL
-from starnet_demo.weights import load_weights
+from starnet_demo.models.yolo import ADAPTER_LAYERS, TEACHER_FEATURE_LAYERS, forward_layers
+from starnet_demo.training.distill import feature_loss, load_teacher
+from starnet_demo.training.train import FROZEN_IN_DISTILL
+from starnet_demo.weights.files import load_weights
 
 
 def student(path: str) -> torch.nn.Module:

@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 from bn_drift import batch  # scripts/ is on sys.path when this runs as a script
 
-from starnet_demo.distill import DistillStudent
-from starnet_demo.model import build_model
-from starnet_demo.weights import load_weights, sha256_file
+from starnet_demo.models.yolo import build_model
+from starnet_demo.training.distill import DistillStudent
+from starnet_demo.weights.files import load_weights, sha256_file
 
 
 @torch.no_grad()

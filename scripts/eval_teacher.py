@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import argparse
 
-from starnet_demo.distill import load_teacher
-from starnet_demo.evaluate import evaluate, write_json
+from starnet_demo.training.distill import load_teacher
+from starnet_demo.training.evaluate import evaluate, write_json
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("teacher", help="YOLOv8n state dict (safetensors)")

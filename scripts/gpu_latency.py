@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from starnet_demo.model import BASELINE, build_model
-from starnet_demo.weights import load_weights
+from starnet_demo.models.yolo import BASELINE, build_model
+from starnet_demo.weights.files import load_weights
 
 
 def _time(fn, runs: int, warmup: int) -> list[float]:

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from starnet_demo.bench import machine_info
-from starnet_demo.detector import load_model
-from starnet_demo.model import ADAPTER_LAYERS, BASELINE, TEACHER_FIRST_SHARED, TEACHER_OFFSET
-from starnet_demo.runtimes import OpenVINOBackend, export
+from starnet_demo.inference.detector import load_model
+from starnet_demo.inference.runtimes import OpenVINOBackend, export
+from starnet_demo.models.yolo import ADAPTER_LAYERS, BASELINE, TEACHER_FIRST_SHARED, TEACHER_OFFSET
+from starnet_demo.tools.bench import machine_info
 
 _LAYER = re.compile(r"model\.(\d+)(?:\.body\.(stem|stages_\d))?")
 YOLOV8N_DETECT = 22  # YOLOv8n's Detect layer; ours is 20

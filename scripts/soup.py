@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from starnet_demo.model import build_model
-from starnet_demo.train import checkpoint_ema
-from starnet_demo.weights import load_weights, save_weights
+from starnet_demo.models.yolo import build_model
+from starnet_demo.training.train import checkpoint_ema
+from starnet_demo.weights.files import load_weights, save_weights
 
 
 def member_state(source: str) -> tuple[dict[str, torch.Tensor], dict[int, str]]:
