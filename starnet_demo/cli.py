@@ -156,6 +156,16 @@ def cmd_grow(args: argparse.Namespace) -> None:
     print(out)
 
 
+def cmd_soup(args: argparse.Namespace) -> None:
+    from .training.soup import soup
+    from .weights.files import save_weights
+
+    missing = [m for m in args.members if not Path(m).is_file()]
+    if missing:
+        raise FileNotFoundError(f"soup member not found: {missing[0]}")
+    print(save_weights(soup(args.members), args.out, {"soup_of": [str(m) for m in args.members]}))
+
+
 def cmd_reference(args: argparse.Namespace) -> None:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -343,6 +353,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "symmetry of copied channels (0: exactly the source's function)")
     s.add_argument("--seed", type=int, default=0, help="seed of the channel maps and the noise")
     s.set_defaults(func=cmd_grow)
+
+    s = sub.add_parser("soup", help="average two or more weights or training checkpoints of one variant (model soup)")
+    s.add_argument("members", nargs="+", help="weights configs (.json) or ultralytics training checkpoints (.pt)")
+    s.add_argument("--out", required=True, help="folder for the soup's <variant>.safetensors + .json")
+    s.set_defaults(func=cmd_soup)
 
     s = sub.add_parser("reference", help="wrap an ultralytics YOLOv8n state dict (safetensors) as the reference "
                                          "model's weights in the project's format")

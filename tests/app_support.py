@@ -23,7 +23,7 @@ from torch import nn
 
 from starnet_demo.inference.detector import clear_detectors
 from starnet_demo.models.yolo import build_model
-from starnet_demo.tools.loadtest import free_port, write_video  # noqa: F401 (the tests import write_video from here)
+from starnet_demo.tools.loadtest import free_port
 from starnet_demo.weights.files import save_weights
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -133,3 +133,26 @@ def stream_webcam(page, seconds: float, timeout_ms: int = 60_000) -> tuple[int, 
     stamps = sorted(seen.values())
     fps = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else 0.0
     return len(stamps), fps
+
+
+def write_video(path: Path, frames: int = 8, size: tuple[int, int] = (320, 240), fps: float = 10,
+                faststart: bool = True) -> Path:
+    """A short H.264 clip panning across ultralytics' bus.jpg (people and a bus): the tests' clips. ``faststart``
+    puts the mp4 index first, so that a truncated file still opens."""
+    from fractions import Fraction
+
+    import av
+    from ultralytics.utils import ASSETS
+
+    w, h = size
+    src = np.asarray(Image.open(ASSETS / "bus.jpg").convert("RGB").resize((w * 2, h * 2)))
+    options = {"movflags": "+faststart"} if faststart else {}
+    with av.open(str(path), "w", options=options) as out:
+        stream = out.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        for i in range(frames):
+            x = (i * 8) % w
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(src[h // 2: h // 2 + h, x: x + w]), format="rgb24")
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path

@@ -21,9 +21,9 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
-from ultralytics.data.augment import LetterBox  # noqa: E402
 from ultralytics.utils import ASSETS  # noqa: E402
 
+from starnet_demo.inference.preprocess import letterbox, to_tensor  # noqa: E402
 from starnet_demo.models.yolo import BASELINE, COCO_NAMES, build_model  # noqa: E402
 from starnet_demo.weights.files import save_weights  # noqa: E402
 
@@ -84,8 +84,7 @@ def bus_path() -> Path:
 
 def letterboxed(path: Path, imgsz: int = 256) -> torch.Tensor:
     """A photo as the detector sees it: letterboxed to ``imgsz``, RGB, float in [0, 1], shaped (1, 3, H, W)."""
-    img = LetterBox((imgsz, imgsz), auto=False)(image=cv2.imread(str(path)))
-    return torch.from_numpy(np.ascontiguousarray(img[..., ::-1].transpose(2, 0, 1))).float().div(255).unsqueeze(0)
+    return to_tensor(letterbox(cv2.imread(str(path))[..., ::-1], imgsz))
 
 
 @pytest.fixture(scope="session")

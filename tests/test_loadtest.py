@@ -35,13 +35,13 @@ def test_short_load_test(served, tmp_path, capsys):
     assert report["failed"] == 0 and report["errors"] == []
     assert report["load_requests"]["done"] >= 2 * len(DEFAULT_MIX) and report["load_requests"]["failed"] == 0
     kinds = report["by_kind"]
-    assert report["done"] >= 10 and sum(v["done"] for k, v in kinds.items() if k != "webcam") == report["done"]
-    assert kinds["webcam"]["failed"] == 0 and report["webcam_fps"]["p50"] > 0
-    assert 0 < report["latency_s"]["p50"] <= report["latency_s"]["p95"] <= report["latency_s"]["max"]
-    assert report["queue_wait_s"]["p95"] is not None and report["throughput_rps"] > 0
+    assert report["done"] >= 10 and kinds["image"]["done"] >= 5  # 6 in 10 requests are images
+    assert all(v["failed"] == 0 for v in kinds.values()) and report["webcam_fps"]["p50"] > 0
+    assert report["latency_s"]["p50"] > 0 and report["queue_wait_s"]["p95"] is not None
+    assert report["throughput_rps"] > 0
     rss = report["rss_mb"]
-    assert 0 < rss["start"] <= rss["peak"] and rss["after_warmup"] <= rss["peak"] and rss["end"] <= rss["peak"]
-    assert rss["timeline"] and isinstance(rss["flat"], bool)
+    assert rss["start"] > 100  # the server's own memory, a Python process with torch and gradio loaded
+    assert len(rss["timeline"]) >= 2 and isinstance(rss["flat"], bool)
     assert f"{report['done']} done, 0 failed" in capsys.readouterr().out
     assert served.alive()
 

@@ -14,16 +14,19 @@ from __future__ import annotations
 import copy
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import supervision as sv
 import torch
+from ultralytics.nn.tasks import DetectionModel
 from ultralytics.utils import nms, ops
 
 from ..models.star import StarMaps, capture_star
-from ..models.yolo import BASELINE, as_yolo, build_model
+from ..models.yolo import as_yolo, build_model
 from ..weights.files import WeightsError, load_weights
 from ..weights.hub import resolve
 from .preprocess import Shape, check_imgsz, content_box, letterbox, rect_shape, to_tensor
@@ -61,7 +64,8 @@ def load_model(variant: str, allow_untrained: bool = False):
     """(model, config) for a variant: the pinned Hub release, verified, else the weights folder (``hub.resolve``);
     config ``source`` says which, ``notice`` why not the Hub (one line for the UI; None when it was used).
 
-    Without weights, a model with ``allow_untrained`` (the benchmark's timing only) is built untrained from a fixed seed, so that their exports are cached across processes; config ``trained`` is False.
+    Without weights, a model with ``allow_untrained`` (the benchmark's timing only) is built untrained from a fixed
+    seed, so that their exports are cached across processes; config ``trained`` is False.
     """
     try:
         resolved = resolve(variant)
@@ -158,9 +162,7 @@ class Detector:
             t1 = self._clock()
             preds = backend(x)
             t2 = self._clock()
-            det = nms.non_max_suppression(preds.float(), conf, iou, classes, max_det=max_det)[0]
-            det[:, :4] = ops.scale_boxes(shape, det[:, :4], image.shape)
-            detections = self._to_supervision(det.cpu().numpy())
+            detections = self.to_detections(preds, shape, image.shape[:2], conf, iou, classes, max_det)
             t3 = self._clock()
         return detections, Timings((t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3)
 
@@ -176,6 +178,23 @@ class Detector:
             _, maps = capture_star(self.model, to_tensor(boxed).to(p.device, p.dtype), keys=[str(block)])
         top, left, h, w = box = content_box(image.shape[:2], size)
         return boxed[top: top + h, left: left + w], maps[str(block)].crop(box, (size, size))
+
+    @contextmanager
+    def pytorch(self) -> Iterator[DetectionModel]:
+        """The eager PyTorch model (every detector keeps it unfused, with each block's ``f1`` and ``f2``, whatever
+        its runtime), held under the detector's lock for the ``with``: explanations hook into it and run it
+        themselves (``explain``), and no other request may run it or register hooks meanwhile."""
+        with self._lock:
+            yield self.model
+
+    def to_detections(self, preds: torch.Tensor | tuple, shape: Shape, image_hw: tuple[int, int], conf: float = 0.25,
+                      iou: float = 0.45, classes: list[int] | None = None, max_det: int = 300) -> sv.Detections:
+        """``detect``'s postprocessing, for callers that run the model themselves (``pytorch``): NMS on the raw
+        predictions for a ``shape`` letterbox of an ``image_hw`` image, boxes scaled back to the image."""
+        preds = preds[0] if isinstance(preds, (tuple, list)) else preds
+        det = nms.non_max_suppression(preds.float(), conf, iou, classes, max_det=max_det)[0]
+        det[:, :4] = ops.scale_boxes(shape, det[:, :4], image_hw)
+        return self._to_supervision(det.cpu().numpy())
 
     def _to_supervision(self, det: np.ndarray) -> sv.Detections:
         """``[x1, y1, x2, y2, conf, cls]`` rows → Detections with ``class_name``, as ``from_ultralytics`` makes."""

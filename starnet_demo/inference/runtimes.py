@@ -10,7 +10,11 @@ precision, rewrite, weights digest).
 Changed weights give a new digest, hence a new export; the stale folder for the same settings is removed.
 
 Precision names: ``fp32``, ``fp16`` (CUDA), ``bf16`` (OpenVINO's CPU inference precision hint, offered where the CPU
-supports bf16 natively: AMX or AVX512-BF16).
+supports bf16 natively: AMX or AVX512-BF16), ``int8`` (OpenVINO: the fp32 IR quantized by NNCF's post-training
+quantization, calibrated on training images letterboxed as the detector does it; see ``INT8``).
+
+Thread counts: ONNX Runtime and OpenVINO pick their own unless ``use_threads`` names one, which PyTorch then gets
+too; the benchmark runs every runtime inside it, so all of them compute on the same number of threads.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
@@ -34,7 +39,7 @@ from ultralytics.nn.tasks import DetectionModel
 
 from ..models.rewrite import optimise
 from ..models.yolo import as_yolo, variant_of
-from .preprocess import Shape
+from .preprocess import Shape, letterbox
 
 #: ``progress(fraction, desc=...)``: the signature of ``gr.Progress``, so the app can pass one straight in.
 Progress = Callable[..., Any]
@@ -124,29 +129,191 @@ def resolve_runtime(runtime: str, device: str = "cpu") -> str:
     return runtime
 
 
-def precisions(runtime: str, device: str = "cpu") -> tuple[str, ...]:
+def precisions(runtime: str, device: str = "cpu", variant: str | None = None) -> tuple[str, ...]:
     """Precisions a runtime supports on a device, the default first: the fastest that passes the accuracy guard.
 
     OpenVINO's bf16 (where the CPU runs it natively) costs every shipped variant at most 0.5 points of mAP50-95 on
     the held-out split against fp32 (``bench --precisions all --accuracy``, ``docs/bench/cpu.md``) and runs about 1.7x
     faster (S1: 20.0 against 34.9 ms, ``docs/bench/cpu-2026-11-28.md``), so it is the default. New weights need that
     guard rerun: the first S1 weights, trained with BatchNorms in train mode on the CPU, lost 0.56 points and would
-    have kept fp32.
+    have kept fp32. ``int8`` is offered where NNCF is installed and leads only for a ``variant`` whose shipped weights
+    earned it (``int8_default``).
     """
     if is_cuda(device):
         return ("fp16", "fp32") if runtime != "onnxruntime" else ("fp32",)
-    if runtime == "openvino" and openvino_cpu_bf16():
-        return "bf16", "fp32"
-    return ("fp32",)
+    if runtime != "openvino":
+        return ("fp32",)
+    floats = ("bf16", "fp32") if openvino_cpu_bf16() else ("fp32",)
+    if int8_unavailable_reason() is not None:
+        return floats
+    return ("int8", *floats) if variant and int8_default(variant) else (*floats, "int8")
 
 
-def check_precision(runtime: str, device: str, precision: str | None) -> str:
-    supported = precisions(runtime, device)
+def check_precision(runtime: str, device: str, precision: str | None, variant: str | None = None) -> str:
+    """``precision``, checked, or the default for this runtime, device and variant."""
+    supported = precisions(runtime, device, variant)
     if precision is None:
         return supported[0]
     if precision not in supported:
-        raise ValueError(f"{runtime} on {device} supports precision {', '.join(supported)}, not {precision}")
+        why = int8_unavailable_reason() if precision == "int8" and runtime == "openvino" else None
+        raise ValueError(f"{runtime} on {device} supports precision {', '.join(supported)}, not {precision}"
+                         + (f" ({why})" if why else ""))
     return precision
+
+
+@contextlib.contextmanager
+def use_threads(threads: int | None) -> Iterator[None]:
+    """Run PyTorch on ``threads`` threads, and build ONNX Runtime and OpenVINO backends for as many, for the block.
+
+    Each runtime otherwise picks its own count (and ultralytics resets PyTorch's, see ``devices.keep_torch_threads``),
+    so a comparison between runtimes would compare thread counts too. ``None`` changes nothing.
+    """
+    global _threads
+    if threads is None:
+        yield
+        return
+    before, saved = torch.get_num_threads(), _threads
+    torch.set_num_threads(threads)
+    _threads = threads
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+        _threads = saved
+
+
+_threads: int | None = None
+
+
+# ------------------------------------------------------------------------------------------ int8 (NNCF, OpenVINO)
+#: Where a checkout finds its data: ``../shared`` beside the repository (absent from a fresh clone or a Space).
+SHARED = Path(__file__).resolve().parents[3] / "shared"
+#: The committed benchmark runs whose accuracy and speed records decide ``int8_default``.
+BENCH_DIR = Path(__file__).resolve().parents[2] / "docs" / "bench"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+@dataclass(frozen=True)
+class Int8Recipe:
+    """How NNCF quantizes a model: its preset, what stays in float (node types and name patterns), and the
+    calibration images (how many, drawn with which seed). Every field is part of the export's cache key."""
+
+    name: str
+    preset: str = "performance"
+    float_types: tuple[str, ...] = ()
+    float_patterns: tuple[str, ...] = ()
+    images: int = 300
+    seed: int = 0
+
+    @property
+    def id(self) -> str:
+        """What a benchmark record stores, so that ``int8_default`` counts only records of this very recipe."""
+        return f"{self.name}/{self.images}/{self.seed}"
+
+
+#: The recipes tried on the four variants (held-out mAP50-95 against fp32 in the module notes above ``INT8``).
+INT8_RECIPES = {r.name: r for r in (
+    Int8Recipe("all"),
+    Int8Recipe("mixed", preset="mixed"),
+    Int8Recipe("float-star", preset="mixed", float_types=("Multiply", "Subtract", "Sigmoid")),
+    Int8Recipe("float-head", float_patterns=(r".*/model\.\d+/(dfl|cv2\.\d+/cv2\.\d+\.2)/.*",)),
+)}
+INT8 = INT8_RECIPES["all"]
+
+
+class CalibrationError(ValueError):
+    """No calibration images: int8 cannot be built here (one line for the user)."""
+
+
+def calibration_dir() -> Path:
+    """``$STARNET_CALIBRATION_DIR``, else the distill pool in ``../shared``: training images, never the held-out
+    split that the accuracy guard measures."""
+    env = os.environ.get("STARNET_CALIBRATION_DIR")
+    return Path(env) if env else SHARED / "datasets" / "distill" / "images" / "train"
+
+
+def calibration_files(recipe: Int8Recipe = INT8) -> list[Path]:
+    """``recipe.images`` images of ``calibration_dir()`` (all of them if fewer), drawn with ``recipe.seed``."""
+    folder = calibration_dir()
+    files = sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
+    if not files:
+        raise CalibrationError(f"int8 needs calibration images and {folder} has none; set STARNET_CALIBRATION_DIR to "
+                               "a folder of photos (training images, not the evaluation split)")
+    if len(files) <= recipe.images:
+        return files
+    picked = np.random.default_rng(recipe.seed).choice(len(files), recipe.images, replace=False)
+    return [files[i] for i in sorted(picked)]
+
+
+def calibration_available(recipe: Int8Recipe = INT8) -> bool:
+    try:
+        return bool(calibration_files(recipe))
+    except CalibrationError:
+        return False
+
+
+@lru_cache(maxsize=1)
+def int8_unavailable_reason() -> str | None:
+    """Why int8 is not offered on this machine's CPU, or None."""
+    try:
+        import nncf  # noqa: F401
+        import openvino as ov
+    except ImportError:
+        return "int8 needs nncf and openvino: pip install nncf openvino"
+    if "INT8" not in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        return "OpenVINO has no int8 kernels for this CPU"
+    return None
+
+
+@lru_cache(maxsize=8)
+def _bench_runs(folder: Path, stamp: tuple[tuple[str, int], ...]) -> list[list[dict[str, Any]]]:
+    return [json.loads((folder / name).read_text()) for name, _ in stamp]
+
+
+def bench_runs(folder: Path = BENCH_DIR) -> list[list[dict[str, Any]]]:
+    """The committed CPU benchmark runs (``docs/bench/cpu*.json``), each a list of records; read once per change."""
+    files = sorted(folder.glob("cpu*.json")) if folder.is_dir() else []
+    return _bench_runs(folder, tuple((f.name, f.stat().st_mtime_ns) for f in files))
+
+
+def shipped_sha256(variant: str) -> str | None:
+    """The sha256 of the variant's weights in the weights folder (what the Hub copy is verified against), or None."""
+    from ..weights.files import WeightsError, read_config, weight_files
+
+    try:
+        return read_config(weight_files(variant)[1]).get("sha256")
+    except WeightsError:
+        return None
+
+
+def int8_verdict(sha256: str, runs: list[list[dict[str, Any]]], recipe: Int8Recipe = INT8) -> bool:
+    """Whether committed runs earned int8 the default for these weights: at least one accuracy record of this recipe
+    on them, every one within the guard, and in every run that timed it beside OpenVINO's float precisions on the
+    same variant, size and machine, faster than each of them. Accuracy does not depend on the machine; speed does,
+    so one run where int8 lost (another CPU) is enough to keep the float default."""
+    judged = faster = False
+    for run in runs:
+        mine = [r for r in run if r.get("runtime") == "openvino" and r.get("precision") == "int8"
+                and r.get("weights_sha256") == sha256 and r.get("int8_recipe") == recipe.id and "error" not in r]
+        for r in mine:
+            if "accuracy_ok" in r:
+                if not r["accuracy_ok"]:
+                    return False
+                judged = True
+            floats = [f for f in run if f.get("runtime") == "openvino" and f.get("precision") in ("bf16", "fp32")
+                      and f.get("variant") == r["variant"] and f.get("imgsz") == r["imgsz"] and "inference_ms" in f]
+            if floats and "inference_ms" in r:
+                if any(f["inference_ms"] <= r["inference_ms"] for f in floats):
+                    return False
+                faster = True
+    return judged and faster
+
+
+def int8_default(variant: str) -> bool:
+    """int8 leads for ``variant`` where its shipped weights earned it (``int8_verdict`` on the committed runs) and
+    calibration images are here to build it; otherwise the float default stays (a fresh clone has no images)."""
+    sha = shipped_sha256(variant)
+    return bool(sha) and int8_verdict(sha, bench_runs()) and calibration_available()
 
 
 # ----------------------------------------------------------------------------------------------------- export cache

@@ -96,9 +96,11 @@ class Counter:
 def detect_video(path: str | Path, detector: Detector, out_path: str | Path, *, conf: float = 0.25,
                  iou: float = 0.45, imgsz: int | None = None, classes: list[int] | None = None, track: bool = False,
                  annotate: Annotate | None = None, max_seconds: float = MAX_SECONDS, max_bytes: int = MAX_BYTES,
-                 max_side: int = MAX_SIDE, progress: Progress | None = None) -> VideoResult:
+                 max_side: int = MAX_SIDE, progress: Progress | None = None,
+                 on_frame: Callable[[sv.Detections, int], None] | None = None) -> VideoResult:
     """Detect (and optionally track) objects in every frame of ``path``; write the H.264 mp4 to ``out_path``, drawn
-    by ``annotate(frame_bgr, detections)`` (see ``pipeline.run_video``).
+    by ``annotate(frame_bgr, detections)`` (see ``pipeline.run_video``). ``on_frame(detections, frame_index)`` hears
+    each frame's final detections (tracked, when tracking), e.g. to write them to a file.
 
     ``progress(fraction, desc=…)`` is ``gr.Progress``'s signature. Frames past ``max_seconds`` are not read even if the
     header under-states the length. The output file is removed if anything fails.
@@ -111,10 +113,12 @@ def detect_video(path: str | Path, detector: Detector, out_path: str | Path, *, 
         tracker = Tracker(conf, fps) if track else None
         counter = Counter()
 
-        def on_detections(detections: sv.Detections, _: int) -> sv.Detections:
+        def on_detections(detections: sv.Detections, index: int) -> sv.Detections:
             if tracker is not None:
                 detections = tracker.update(detections, (info.height, info.width))
             counter.update(detections)
+            if on_frame is not None:
+                on_frame(detections, index)
             return detections
 
         stats = run_video(detector, path, out_path, conf=tracker.low if tracker else conf, iou=iou, imgsz=imgsz,

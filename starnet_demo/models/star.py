@@ -2,11 +2,14 @@
 
 Forward hooks on each block's ``act`` (its output is ``act(f1(x))``) and ``f2``, and a pre-hook on ``g`` (its input is
 the product), record the three tensors while the detector runs; the hooks are removed before returning.
+``swapped_to_sum`` uses the same three hooks to replace the product by a sum (``explain/swap.py``).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -82,3 +85,32 @@ def capture_star(model: DetectionModel, image: torch.Tensor,
         for h in handles:
             h.remove()
     return preds, {k: StarMaps(k, v["act_f1"], v["f2"], v["star"]) for k, v in seen.items()}
+
+
+@contextmanager
+def swapped_to_sum(model: DetectionModel, keys: Iterable[str]) -> Iterator[list[str]]:
+    """Inside the ``with``, the named star blocks feed ``g`` with ``act(f1(x)) + f2(x)`` instead of the product: the
+    paper's sum ablation, on trained weights and without retraining. Yields the keys, in forward order.
+
+    Forward hooks keep each block's ``act`` and ``f2`` outputs and a pre-hook on ``g`` hands it their sum, so the
+    result is exactly the sum block (the product is still computed, then dropped), fused or not; a ``capture_star``
+    started inside the ``with`` records the sum as ``star`` in those blocks. The hooks are removed on exit.
+    """
+    every = blocks(backbone(model))
+    keys = list(dict.fromkeys(str(k) for k in ([keys] if isinstance(keys, str) else keys)))
+    unknown = [k for k in keys if k not in every]
+    if unknown:
+        raise ValueError(f"unknown block(s) {unknown}; this model has {list(every)}")
+    handles = []
+    for key in (k for k in every if k in keys):
+        block, kept = every[key], {}
+        handles += [
+            block.act.register_forward_hook(lambda m, a, out, kept=kept: kept.__setitem__("act_f1", out)),
+            block.f2.register_forward_hook(lambda m, a, out, kept=kept: kept.__setitem__("f2", out)),
+            block.g.register_forward_pre_hook(lambda m, a, kept=kept: (kept.pop("act_f1") + kept.pop("f2"),)),
+        ]
+    try:
+        yield [k for k in every if k in keys]
+    finally:
+        for h in handles:
+            h.remove()

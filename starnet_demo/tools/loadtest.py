@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 APP = Path(__file__).resolve().parents[2] / "app.py"
+EXAMPLES = APP.parent / "examples"
 DEFAULT_MIX = {"image": 6, "video": 1, "latency": 1, "star": 1, "webcam": 1}
 STREAM_S = 10  # one webcam user streams this long (frames back to back, as fast as they are answered)
 
@@ -108,26 +109,19 @@ def _tail(path: Path, lines: int = 5) -> str:
 
 
 # ---------------------------------------------------------------- the users
-def write_video(path: Path, frames: int = 8, size: tuple[int, int] = (320, 240), fps: float = 10,
-                faststart: bool = True) -> Path:
-    """A short H.264 clip panning across ultralytics' bus.jpg (people and a bus): the "short video" of the mix, and
-    the tests' clips."""
-    from fractions import Fraction
-
+def excerpt(source: Path, path: Path, frames: int = 8, size: tuple[int, int] = (320, 240)) -> Path:
+    """The first ``frames`` frames of ``source`` (the example video), scaled to ``size``, as the mix's "short
+    video": an H.264 mp4 the app accepts."""
     import av
-    from PIL import Image
-    from ultralytics.utils import ASSETS
 
     w, h = size
-    src = np.asarray(Image.open(ASSETS / "bus.jpg").convert("RGB").resize((w * 2, h * 2)))
-    options = {"movflags": "+faststart"} if faststart else {}
-    with av.open(str(path), "w", options=options) as out:
-        stream = out.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
+    with av.open(str(source)) as src, av.open(str(path), "w", options={"movflags": "+faststart"}) as out:
+        stream = out.add_stream("libx264", rate=src.streams.video[0].average_rate or 10)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        for i in range(frames):
-            x = (i * 8) % w
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(src[h // 2: h // 2 + h, x: x + w]), format="rgb24")
-            out.mux(stream.encode(frame))
+        for i, frame in enumerate(src.decode(video=0)):
+            if i == frames:
+                break
+            out.mux(stream.encode(frame.reformat(width=w, height=h, format="yuv420p")))
         out.mux(stream.encode(None))
     return path
 
@@ -155,7 +149,7 @@ class Users:
         self.variants, self.devices, self.imgsz = list(variants), list(devices), imgsz
         self.kinds, self.weights = list(mix), [float(w) for w in mix.values()]
         self.images = [ASSETS / "bus.jpg", ASSETS / "zidane.jpg"]
-        self.clip = write_video(media / "clip.mp4")
+        self.clip = excerpt(EXAMPLES / "vtest.mp4", media / "clip.mp4")
         self.frame = media / "frame.jpg"  # what the webcam tab asks the browser for: 640×480
         Image.open(ASSETS / "bus.jpg").convert("RGB").resize((640, 480)).save(self.frame)
 

@@ -4,7 +4,7 @@ The benchmark gives one inference figure per model; this splits it with OpenVINO
 (``PERF_COUNT``) into backbone parts (StarNet's stem and stages, YOLOv8n's layers 0-9), neck and Detect head, so
 "S1 is 1.4x YOLOv8n" can be traced to the layers that cost it. Runs the exports the detector uses, cached.
 
-    PYTHONPATH=. python scripts/ov_profile.py --variants s1,s4 --precision bf16 --out docs/bench/ov-profile.json
+    PYTHONPATH=. python experiments/ov_profile.py --variants s1,s4 --precision bf16 --out docs/bench/ov-profile.json
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Network only (no decode, letterbox or NMS), fused, 640 px, CUDA events around each call. Writes JSON records.
 Run on a CUDA machine, from the repo root:
-``PYTHONPATH=. python scripts/gpu_latency.py --out gpu_latency.json [--weights weights]``.
+``PYTHONPATH=. python experiments/gpu_latency.py --out gpu_latency.json [--weights weights]``.
 """
 
 from __future__ import annotations

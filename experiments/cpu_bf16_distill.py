@@ -5,7 +5,7 @@ fp32, student forward and backward) in fp32 and with the student in bfloat16 aut
 and compares the two gradients: cosine similarity and norm ratio, over all trainable tensors and per backbone part.
 Its answer is why ``train`` has no bf16 option (docs/training/cpu-bf16.json).
 
-    PYTHONPATH=.:scripts python scripts/cpu_bf16_distill.py --weights weights/s1.json \
+    PYTHONPATH=.:scripts python experiments/cpu_bf16_distill.py --weights weights/s1.json \
         --images ../shared/datasets/distill/images/train --out docs/training/cpu-bf16.json
 """
 

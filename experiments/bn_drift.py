@@ -4,7 +4,7 @@ Distillation optimises the train-mode function (BatchNorms use batch statistics)
 statistics). Star blocks multiply two branches, so a small mismatch can grow block after block. This prints, per
 weights file, the normalised feature loss on P3/P4/P5 in each mode on letterboxed images, and writes it to JSON.
 
-    PYTHONPATH=. python scripts/bn_drift.py weights/s1.json "s2 before=old/s2.json" \
+    PYTHONPATH=. python experiments/bn_drift.py weights/s1.json "s2 before=old/s2.json" \
         --images ../shared/datasets/coco-mini/images/val --out docs/training/bn-drift.json
 """
 
@@ -18,19 +18,18 @@ import cv2
 import numpy as np
 import torch
 from torch import nn
-from ultralytics.data.augment import LetterBox
 
+from starnet_demo.inference.preprocess import letterbox
 from starnet_demo.models.yolo import ADAPTER_LAYERS, TEACHER_FEATURE_LAYERS, forward_layers
 from starnet_demo.training.distill import LEVELS, feature_loss, load_teacher
 from starnet_demo.weights.files import load_weights, sha256_file
 
 
 def batch(images: Path, n: int, imgsz: int) -> torch.Tensor:
-    letterbox = LetterBox((imgsz, imgsz), auto=False)
     files = sorted(p for p in images.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})[:n]
     if not files:
         raise SystemExit(f"no images in {images}")
-    arrays = [letterbox(image=cv2.imread(str(f)))[..., ::-1] for f in files]
+    arrays = [letterbox(cv2.imread(str(f)), imgsz)[..., ::-1] for f in files]
     return torch.from_numpy(np.stack(arrays).copy()).permute(0, 3, 1, 2).float() / 255
 
 

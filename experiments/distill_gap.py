@@ -6,7 +6,7 @@ images would help more than more steps; if the two are close, the student underf
 (or capacity) is what it needs. The loss is ``DistillStudent.loss`` in eval mode (the deployed function) on
 letterboxed, unaugmented images.
 
-    PYTHONPATH=. python scripts/distill_gap.py weights/s1.json "s1 before=old/s1.json" \
+    PYTHONPATH=. python experiments/distill_gap.py weights/s1.json "s1 before=old/s1.json" \
         --train ../shared/datasets/coco-mini/images/train --held-out ../shared/datasets/coco-mini/images/val \
         --out docs/training/distill-gap.json
 
@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 
 import torch
-from bn_drift import batch  # scripts/ is on sys.path when this runs as a script
+from bn_drift import batch  # experiments/ is on sys.path when this runs as a script
 
 from starnet_demo.models.yolo import build_model
 from starnet_demo.training.distill import DistillStudent
