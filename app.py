@@ -18,12 +18,16 @@ import gradio as gr
 import PIL.Image
 import torch
 
+from starnet_demo.explain.cam import LAYERS
+from starnet_demo.explain.swap import scope_choices
+from starnet_demo.explain.toy import DATASETS, MAX_DEPTH
 from starnet_demo.inference import devices
 from starnet_demo.inference.detector import get_detector
 from starnet_demo.media.images import MAX_PIXELS
 from starnet_demo.media.video import MAX_BYTES, MAX_SECONDS, MAX_SIDE
 from starnet_demo.models.backbone import VARIANTS
-from starnet_demo.models.yolo import COCO_NAMES
+from starnet_demo.models.yolo import BASELINE, COCO_NAMES
+from starnet_demo.ui import handlers
 from starnet_demo.ui.choices import (
     auto_info,
     block_choices,
@@ -67,6 +71,20 @@ as the kernel trick, done in the forward pass (Ma et al., *Rewrite the Stars*, C
 and their product for one block, the channels with the most energy (mean square) and the mean over all channels.
 """
 
+SWAP_TEXT = """
+**The star, taken out of the trained detector.** The same weights, with `act(f1(x)) * f2(x)` replaced by
+`act(f1(x)) + f2(x)` in the chosen blocks at inference (no retraining): how much of what the network computes runs
+through the product. Below: the boxes both ways, and the chosen block's input to `g` both ways.
+"""
+TOY_TEXT = """
+**The paper's claim, in seconds.** Two small nets, identical but for fusing their two branches by a product or a
+sum, trained on the same 2D points from the same seed; at equal width the product reaches the richer boundary.
+"""
+CAM_TEXT = """
+**Where each model looks.** EigenCAM (gradient-free): each model's first principal component of the maps its head
+reads (`neck`) or of its deepest backbone map (`sppf`), over the same image, with the boxes of the same pass.
+"""
+
 
 def build_app() -> gr.Blocks:
     use_examples_cache_of_these_weights()
@@ -97,7 +115,8 @@ def build_app() -> gr.Blocks:
                                        max_height=300)
             with gr.Accordion("JSON (as the API returns it)", open=False):
                 image_json = gr.JSON()
-            outputs = [image_out, image_json, image_table, image_line]
+            image_files = gr.File(label="Detections as JSON and CSV", file_count="multiple", elem_id="image-files")
+            outputs = [image_out, image_json, image_table, image_line, image_files]
             # preprocess=False on every event: handlers decode uploads and check every value themselves, so bad
             # files and bad API values get a clear message instead of Gradio's bare "Error".
             image_btn.click(file_outputs(detect_image), [image_in, *settings, classes, runtime], outputs,
@@ -118,9 +137,11 @@ def build_app() -> gr.Blocks:
                                        label="Per class: most in one frame, frames seen, distinct tracks")
             with gr.Accordion("JSON (as the API returns it)", open=False):
                 video_json = gr.JSON()
+            video_files = gr.File(label="Every frame's detections as JSON and CSV (column frame)",
+                                  file_count="multiple")
             video_btn.click(detect_video_file, [video_in, *settings, track, classes, runtime],
-                            [video_out, video_json, video_table], api_name="detect_video", concurrency_id="detect",
-                            preprocess=False)
+                            [video_out, video_json, video_table, video_files], api_name="detect_video",
+                            concurrency_id="detect", preprocess=False)
             gr.Examples([[str(p)] for p in VIDEO_EXAMPLES], [video_in])
 
         with gr.Tab("Webcam"):
@@ -177,8 +198,66 @@ def build_app() -> gr.Blocks:
                 star_json = gr.JSON()
             star_btn.click(file_outputs(star_maps), [star_image, variant, block, imgsz, top_k, device],
                            [star_gallery, star_json], api_name="star_maps", preprocess=False, concurrency_id="detect")
-            variant.change(lambda v: gr.Dropdown(block_choices(v), value=default_block(v)) if v in VARIANTS
-                           else gr.skip(), variant, block, api_visibility="private")
+
+        with gr.Tab("Why stars"):
+            example = str(IMAGE_EXAMPLES[0]) if IMAGE_EXAMPLES else None
+            with gr.Tab("Star or sum"):
+                gr.Markdown(SWAP_TEXT)
+                with gr.Row():
+                    sw_image = gr.Image(example, type="filepath", image_mode=None, label="Image", height=360)
+                    with gr.Column():
+                        sw_scope = gr.Dropdown(scope_choices("s1"), value=["stage 2"], multiselect=True,
+                                               label="Sum instead of star in")
+                        sw_block = gr.Dropdown(block_choices("s1"), value=default_block("s1"), label="Maps of block")
+                        sw_btn = gr.Button("Compare", variant="primary", elem_id="star-vs-sum-run")
+                sw_gallery = gr.Gallery(label="Star (as trained) and sum", columns=2, height="auto",
+                                        elem_id="star-vs-sum-gallery")
+                gr.Dataframe(handlers.star_vs_sum_measured(), interactive=False, label="Measured: StarNet-S1, "
+                             "held-out mAP (coco-mini val, 128 images, 640 px) with the sum swapped in (± s.e.)")
+                with gr.Accordion("JSON", open=False):
+                    sw_json = gr.JSON()
+                sw_btn.click(file_outputs(handlers.star_vs_sum),
+                             [sw_image, variant, sw_scope, sw_block, imgsz, conf, iou, device], [sw_gallery, sw_json],
+                             api_name="star_vs_sum", preprocess=False, concurrency_id="detect")
+            with gr.Tab("Toy: star or sum in 2D"):
+                gr.Markdown(TOY_TEXT)
+                with gr.Row():
+                    toy_set = gr.Dropdown(list(DATASETS), value="spirals", label="Dataset")
+                    toy_width = gr.Slider(1, 64, value=8, step=1, label="Width (both nets)")
+                    toy_depth = gr.Slider(1, MAX_DEPTH, value=2, step=1, label="Depth (blocks)")
+                    toy_seed = gr.Number(0, precision=0, minimum=0, label="Seed")
+                toy_btn = gr.Button("Train both", variant="primary", elem_id="toy-run")
+                toy_line = gr.Markdown(elem_id="toy-line")
+                with gr.Row():
+                    toy_figure = gr.Image(label="Decision boundaries: star (left), sum (right)", elem_id="toy-out")
+                    toy_plot = gr.LinePlot(handlers.toy_sweep("spirals", 2), x="width", y="accuracy", color="fusion",
+                                           title="Committed sweep: mean held-out accuracy over 3 seeds")
+                with gr.Accordion("JSON", open=False):
+                    toy_json = gr.JSON()
+                toy_btn.click(file_outputs(handlers.star_toy), [toy_set, toy_width, toy_depth, toy_seed],
+                              [toy_figure, toy_line, toy_plot, toy_json], api_name="star_toy", preprocess=False,
+                              concurrency_id="detect")
+            with gr.Tab("Where each model looks"):
+                gr.Markdown(CAM_TEXT)
+                with gr.Row():
+                    cam_image = gr.Image(example, type="filepath", image_mode=None, label="Image", height=360)
+                    with gr.Column():
+                        cam_models = gr.CheckboxGroup(variant_choices(), value=["s1", BASELINE], label="Models")
+                        cam_layer = gr.Radio(list(LAYERS), value="neck", label="Layer")
+                        cam_btn = gr.Button("Show", variant="primary", elem_id="cam-run")
+                cam_gallery = gr.Gallery(label="EigenCAM and boxes", columns=3, height="auto", elem_id="cam-gallery")
+                with gr.Accordion("JSON", open=False):
+                    cam_json = gr.JSON()
+                cam_btn.click(file_outputs(handlers.cam), [cam_image, cam_models, cam_layer, imgsz, conf, iou, device],
+                              [cam_gallery, cam_json], api_name="cam", preprocess=False, concurrency_id="detect")
+
+        def blocks_of(v: str):
+            if v not in VARIANTS:
+                return gr.skip(), gr.skip(), gr.skip()
+            return (gr.Dropdown(block_choices(v), value=default_block(v)),
+                    gr.Dropdown(block_choices(v), value=default_block(v)), gr.Dropdown(scope_choices(v)))
+
+        variant.change(blocks_of, variant, [block, sw_block, sw_scope], api_visibility="private")
     return demo
 
 

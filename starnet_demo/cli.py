@@ -219,12 +219,24 @@ def cmd_bench(args: argparse.Namespace) -> None:
     records = bench(args.variants, args.runtimes, device=args.device, imgsz=args.imgsz, runs=args.runs,
                     warmup=args.warmup, image=args.image, video=video, video_frames=args.video_frames,
                     precision_choice=args.precisions, rewrites=args.rewrites, accuracy=args.accuracy, busy=args.busy,
-                    log=lambda line: print(line, file=sys.stderr, flush=True))
+                    threads=args.threads, log=lambda line: print(line, file=sys.stderr, flush=True))
     json_path, md_path = write(records, args.out or f"runs/bench/bench-{args.device.replace(':', '')}.json")
     print(to_markdown(records))
     print(f"wrote {json_path} and {md_path}")
     if all("error" in r for r in records):
         raise RuntimeError("every combination failed")
+
+
+def cmd_app_fps(args: argparse.Namespace) -> None:
+    from .tools.appfps import run, write
+
+    w, sep, h = args.camera_size.partition("x")
+    if not (sep and w.isdigit() and h.isdigit()):
+        raise ValueError(f"--camera-size takes WIDTHxHEIGHT, e.g. 640x480, got {args.camera_size!r}")
+    report = run(args.variants, args.runtime, args.imgsz, args.seconds, args.camera_fps, (int(w), int(h)),
+                 url=args.url, weights_dir=args.weights_dir, screenshots=args.screenshots, server_log=args.server_log,
+                 log=lambda line: print(line, file=sys.stderr, flush=True))
+    print(f"wrote {write(report, args.out)}")
 
 
 def cmd_loadtest(args: argparse.Namespace) -> None:
@@ -389,7 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--runs", type=int, default=20)
     s.add_argument("--warmup", type=int, default=3)
     s.add_argument("--precisions", default="default",
-                   help="'default' (each runtime's), 'all', or a list such as fp32,bf16,fp16")
+                   help="'default' (each runtime's), 'all', or a list such as fp32,bf16,fp16,int8")
+    s.add_argument("--threads", type=int,
+                   help="CPU threads of every runtime, ultralytics' predict included (default: every core)")
     s.add_argument("--rewrites", type=_csv, help="any of none, fold, fold+merge (default: each runtime's best)")
     s.add_argument("--image", help="image to time (default examples/bus.jpg or ultralytics' bus.jpg)")
     s.add_argument("--video", help="video for the end-to-end pipeline (default: first video in examples/; 'none')")
@@ -399,6 +413,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="N busy-loop processes compete for the CPU while timing (a shared machine)")
     s.add_argument("--out", help="JSON path (markdown beside it); default runs/bench/bench-<device>.json")
     s.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("app-fps", help="the Webcam tab's FPS and lag against Chromium's fake camera, JSON")
+    s.add_argument("--variants", type=_variants, default=["s1"])
+    s.add_argument("--runtime", default="auto", help="the Runtime the page picks (auto, openvino, onnxruntime, …)")
+    s.add_argument("--imgsz", type=lambda t: [int(x) for x in _csv(t)], help="image sizes, comma-separated (640)")
+    s.add_argument("--seconds", type=float, default=20, help="measured seconds per setting (after 3 s of settling)")
+    s.add_argument("--camera-fps", type=int, default=30, help="the fake camera's frame rate")
+    s.add_argument("--camera-size", default="640x480")
+    s.add_argument("--url", help="a running app (default: start app.py on 127.0.0.1)")
+    s.add_argument("--weights-dir", help="STARNET_WEIGHTS_DIR for the started app")
+    s.add_argument("--screenshots", help="folder for a screenshot per setting")
+    s.add_argument("--server-log", help="where the started app's output goes (default: discarded)")
+    s.add_argument("--out", default="runs/app-fps/app-fps.json")
+    s.set_defaults(func=cmd_app_fps)
 
     s = sub.add_parser("loadtest", help="N concurrent gradio_client users against the app for a bounded time, JSON")
     s.add_argument("--url", help="a running app (default: start app.py on 127.0.0.1 and measure its memory too)")

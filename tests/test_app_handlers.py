@@ -48,7 +48,7 @@ def clip(tmp_path_factory):
 
 # ---------------------------------------------------------------- Image tab
 def test_detect_image_draws_boxes_and_returns_json(app):
-    annotated, result, table, line = app.detect_image(str(BUS), *SETTINGS)
+    annotated, result, table, line, _ = app.detect_image(str(BUS), *SETTINGS)
     original = np.asarray(Image.open(BUS).convert("RGB"))
     assert annotated.shape == original.shape and annotated.dtype == np.uint8
     assert not np.array_equal(annotated, original)  # boxes were drawn
@@ -81,7 +81,7 @@ def test_unusual_image_modes_are_converted(app, tmp_path, mode):
     im = Image.fromarray(np.asarray(im.convert("L"), dtype=np.uint16) * 257) if mode == "I;16" else im.convert(mode)
     path = tmp_path / f"img-{mode.replace(';', '')}.{'jpg' if mode == 'CMYK' else 'png'}"
     im.save(path)
-    annotated, result, _, _ = app.detect_image(str(path), *SETTINGS)
+    annotated, result, *_ = app.detect_image(str(path), *SETTINGS)
     assert annotated.shape == (150, 200, 3) and result["detections"]
 
 
@@ -207,7 +207,7 @@ def test_variant_labels_give_the_held_out_map_and_flag_undertrained_weights(app,
 
 # ---------------------------------------------------------------- Video tab
 def test_detect_video_writes_browser_playable_h264_with_counts(app, clip):
-    path, summary, table = app.detect_video_file(str(clip), *SETTINGS, track=True)
+    path, summary, table, _ = app.detect_video_file(str(clip), *SETTINGS, track=True)
     with av.open(path) as c:
         s = c.streams.video[0]
         assert (s.codec_context.name, s.codec_context.pix_fmt) == ("h264", "yuv420p")
@@ -271,7 +271,7 @@ def test_video_cut_off_part_way_keeps_the_frames_before(app, tmp_path):
         ninth = [p.pos for p in c.demux(video=0) if p.size][8]
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(whole.read_bytes()[:ninth + 10])  # breaks off inside the ninth frame
-    path, summary, _ = app.detect_video_file(str(cut), *SETTINGS)
+    path, summary, *_ = app.detect_video_file(str(cut), *SETTINGS)
     assert 0 < summary["frames"] < 12 and summary["truncated"]
     files.sweep_outputs(older_than_s=0)
 

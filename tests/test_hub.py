@@ -264,7 +264,7 @@ def test_eval_cli_pulls_from_the_repo_in_the_flag_or_the_environment(hub, releas
     assert any(REPO in p for p in pulled) and any("test-org/other" in p for p in pulled)
 
 
-@pytest.mark.parametrize("variant", ["s1", "s2", "s3", "s4"])
+@pytest.mark.parametrize("variant", ["s1", "s2", "s3", "s4", "yolov8n"])
 def test_every_committed_variant_loads_offline_from_weights(variant, cache, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
@@ -337,3 +337,21 @@ def test_publish_cli(hub, release, capsys, tmp_path):
     assert main(["publish", "--repo-id", REPO, "--weights-dir", str(release), "--token", "t"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: publishing to {REPO} at {hub.url} failed (") and "\n" not in err
+
+
+def test_the_shipped_reference_finds_the_bus_and_the_people(cache, monkeypatch):
+    """``/detect_image`` with ``yolov8n``: the COCO-trained reference from ``weights/``, offline."""
+    from starnet_demo.inference.detector import clear_detectors
+    from starnet_demo.ui.handlers import detect_image
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.delenv("STARNET_WEIGHTS_DIR", raising=False)
+    clear_detectors()
+    try:
+        result = detect_image(str(EMBEDDED_DIR.parent / "examples" / "bus.jpg"), "yolov8n", "cpu", 0.25, 0.45, 640,
+                              runtime="pytorch")[1]
+    finally:
+        clear_detectors()
+    classes = [d["class"] for d in result["detections"]]
+    assert classes.count("bus") == 1 and classes.count("person") >= 3, classes

@@ -82,9 +82,11 @@ def test_not_a_video_is_a_video_error(detector, tmp_path, content, message):
 
 
 def test_truncated_video_keeps_what_decodes(detector, tmp_path):
-    """An mp4 with its index first (faststart) cut at two thirds: the frames before the cut come through."""
-    whole = write_video(tmp_path / "whole.mp4", frames=FRAMES, faststart=True).read_bytes()
+    """An mp4 with its index first (faststart) that breaks off inside its ninth frame: the frames before come through."""
+    whole = write_video(tmp_path / "whole.mp4", frames=FRAMES, faststart=True)
+    with av.open(str(whole)) as c:
+        ninth = [p.pos for p in c.demux(video=0) if p.size][8]
     cut = tmp_path / "cut.mp4"
-    cut.write_bytes(whole[: len(whole) * 2 // 3])
+    cut.write_bytes(whole.read_bytes()[:ninth + 10])
     stats = run_video(detector, cut, tmp_path / "out.mp4")
-    assert 0 < stats.frames < FRAMES
+    assert 0 < stats.frames < FRAMES  # the decoder holds back a few frames it cannot finish

@@ -98,7 +98,7 @@ class Detector:
                  allow_untrained: bool = False):
         self.device = normalise_device(device)
         self.runtime = resolve_runtime(runtime, self.device)
-        self.precision = check_precision(self.runtime, self.device, precision)
+        self.precision = check_precision(self.runtime, self.device, precision, variant)
         self.variant, self.imgsz, self.rewrite = variant, check_imgsz(imgsz), rewrite or default_rewrite(self.runtime)
         self.model, self.config = load_model(variant, allow_untrained)
         self.names: dict[int, str] = dict(self.model.names)
@@ -227,7 +227,8 @@ def get_detector(variant: str, device: str = "cpu", runtime: str = "pytorch", im
     """
     device = normalise_device(device)
     resolved = resolve_runtime(runtime, device)
-    key: tuple[Any, ...] = (variant, device, resolved, check_imgsz(imgsz), check_precision(resolved, device, precision))
+    key: tuple[Any, ...] = (variant, device, resolved, check_imgsz(imgsz),
+                            check_precision(resolved, device, precision, variant))
     with _registry_lock:
         if key in _detectors:
             return _detectors[key]

@@ -32,9 +32,10 @@ def available() -> list[str]:
 
 
 def label(device: str) -> str:
-    """A friendly name for the UI: ``CPU (2 threads)``, ``GPU 0: NVIDIA H100 80GB HBM3``."""
+    """A friendly name for the UI: ``CPU (2 threads)``, ``CPU (1 thread)``, ``GPU 0: NVIDIA H100 80GB HBM3``."""
     if device == "cpu":
-        return f"CPU ({torch.get_num_threads()} threads)"
+        n = torch.get_num_threads()
+        return f"CPU ({n} thread{'' if n == 1 else 's'})"
     index = int(device.split(":")[1])
     if torch.cuda.is_available():
         return f"GPU {index}: {torch.cuda.get_device_name(index)}"

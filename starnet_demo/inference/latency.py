@@ -2,7 +2,8 @@
 
 The app's Latency tab and ``python -m starnet_demo bench`` both call ``measure``, so the two always agree. The
 detector times its own stages (synchronising CUDA before each clock read); ``measure`` adds the wall-clock time of the
-whole ``detect`` call, the peak memory while it ran, and the model's size.
+whole ``detect`` call, the peak memory while it ran, the model's size, and the CPU threads the runtime computed on
+(ultralytics resets PyTorch's on each ``predict``, so that count is read after the timed calls, not assumed).
 """
 
 from __future__ import annotations
@@ -60,6 +61,16 @@ class _PeakRSS:
         self._thread.join()
 
 
+def _threads(detector: Detector, imgsz: int, torch_threads: int) -> int | None:
+    """Intra-op threads of the detector's runtime: its backend's count where it sets one (ONNX Runtime, OpenVINO),
+    else PyTorch's as the timed calls left it; None on CUDA and where a runtime chose its own."""
+    if detector.device.startswith("cuda"):
+        return None
+    if detector.runtime in ("ultralytics", "pytorch"):
+        return torch_threads
+    return getattr(detector._backend((imgsz, imgsz)), "threads", None)
+
+
 def _stats(values: list[float]) -> tuple[float, float]:
     a = np.asarray(values, dtype=np.float64)
     return round(float(np.median(a)), 3), round(float(np.percentile(a, 90)), 3)
@@ -80,7 +91,7 @@ class Samples:
         self.kwargs = {"conf": conf, "iou": iou, "imgsz": imgsz or detector.imgsz}
         self.cuda = detector.device.startswith("cuda")
         self.values: dict[str, list[float]] = {s: [] for s in self.STAGES}
-        self.peak_bytes, self.detections = 0, 0
+        self.peak_bytes, self.detections, self.torch_threads = 0, 0, torch.get_num_threads()
 
     def warm(self, n: int) -> None:
         for _ in range(n):
@@ -100,6 +111,7 @@ class Samples:
                 self.values["postprocess"].append(t.postprocess_ms)
                 self.values["total"].append(t.total_ms)
                 self.detections = len(detections)
+        self.torch_threads = torch.get_num_threads()
         peak = torch.cuda.max_memory_allocated(self.detector.device) if self.cuda else rss.peak
         self.peak_bytes = max(self.peak_bytes, peak)
 
@@ -112,6 +124,7 @@ class Samples:
         out["e2e_ms_median"], out["e2e_ms_p90"] = _stats(self.values["e2e"])
         out["fps"] = round(1000 / out["e2e_ms_median"], 2) if out["e2e_ms_median"] > 0 else None
         out["detections"] = self.detections
+        out["threads_used"] = _threads(d, size, self.torch_threads)
         out["params"], out["gflops"] = _complexity(d.variant, size)
         out["peak_memory_mb"] = round(self.peak_bytes / 2**20, 1)
         out["memory"] = "cuda_allocated" if self.cuda else "rss"
@@ -124,9 +137,9 @@ def measure(detector: Detector, image_rgb: np.ndarray, runs: int = 20, warmup: i
 
     Returns ``{variant, runtime, device, precision, imgsz, runs, preprocess_ms, preprocess_ms_p90, inference_ms,
     inference_ms_p90, postprocess_ms, postprocess_ms_p90, total_ms, total_ms_p90, e2e_ms_median, e2e_ms_p90, fps,
-    detections, params, gflops, peak_memory_mb, memory}``. Stage figures are medians (``*_p90``: 90th percentile);
-    ``total`` sums the three stages, ``e2e`` is the wall time of ``detect`` (it adds building ``sv.Detections``);
-    ``fps`` is ``1000 / e2e_ms_median``. On CUDA ``peak_memory_mb`` is torch's peak allocation
+    detections, threads_used, params, gflops, peak_memory_mb, memory}``. Stage figures are medians (``*_p90``: 90th
+    percentile); ``total`` sums the three stages, ``e2e`` is the wall time of ``detect`` (it adds building
+    ``sv.Detections``); ``fps`` is ``1000 / e2e_ms_median``. On CUDA ``peak_memory_mb`` is torch's peak allocation
     (``memory="cuda_allocated"``), on CPU the process's peak resident memory while measuring (``memory="rss"``).
     """
     if runs < 1 or warmup < 0:

@@ -216,7 +216,8 @@ INT8_RECIPES = {r.name: r for r in (
     Int8Recipe("all"),
     Int8Recipe("mixed", preset="mixed"),
     Int8Recipe("float-star", preset="mixed", float_types=("Multiply", "Subtract", "Sigmoid")),
-    Int8Recipe("float-head", float_patterns=(r".*/model\.\d+/(dfl|cv2\.\d+/cv2\.\d+\.2)/.*",)),
+    Int8Recipe("float-head", float_patterns=(r".*\.(cv2|cv3)\.\d\.\d[./].*", r".*\.dfl[./].*", r".*model\.\d+/aten::.*")),
+    Int8Recipe("float-box", float_patterns=(r".*\.cv2\.\d\.2[./].*", r".*\.dfl[./].*", r".*model\.\d+/aten::.*")),
 )}
 INT8 = INT8_RECIPES["all"]
 
@@ -232,9 +233,9 @@ def calibration_dir() -> Path:
     return Path(env) if env else SHARED / "datasets" / "distill" / "images" / "train"
 
 
-def calibration_files(recipe: Int8Recipe = INT8) -> list[Path]:
+def calibration_files(recipe: Int8Recipe | None = None) -> list[Path]:
     """``recipe.images`` images of ``calibration_dir()`` (all of them if fewer), drawn with ``recipe.seed``."""
-    folder = calibration_dir()
+    recipe, folder = recipe or INT8, calibration_dir()
     files = sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
     if not files:
         raise CalibrationError(f"int8 needs calibration images and {folder} has none; set STARNET_CALIBRATION_DIR to "
@@ -245,7 +246,7 @@ def calibration_files(recipe: Int8Recipe = INT8) -> list[Path]:
     return [files[i] for i in sorted(picked)]
 
 
-def calibration_available(recipe: Int8Recipe = INT8) -> bool:
+def calibration_available(recipe: Int8Recipe | None = None) -> bool:
     try:
         return bool(calibration_files(recipe))
     except CalibrationError:
@@ -286,12 +287,12 @@ def shipped_sha256(variant: str) -> str | None:
         return None
 
 
-def int8_verdict(sha256: str, runs: list[list[dict[str, Any]]], recipe: Int8Recipe = INT8) -> bool:
+def int8_verdict(sha256: str, runs: list[list[dict[str, Any]]], recipe: Int8Recipe | None = None) -> bool:
     """Whether committed runs earned int8 the default for these weights: at least one accuracy record of this recipe
     on them, every one within the guard, and in every run that timed it beside OpenVINO's float precisions on the
     same variant, size and machine, faster than each of them. Accuracy does not depend on the machine; speed does,
     so one run where int8 lost (another CPU) is enough to keep the float default."""
-    judged = faster = False
+    recipe, judged, faster = recipe or INT8, False, False
     for run in runs:
         mine = [r for r in run if r.get("runtime") == "openvino" and r.get("precision") == "int8"
                 and r.get("weights_sha256") == sha256 and r.get("int8_recipe") == recipe.id and "error" not in r]
@@ -365,42 +366,59 @@ def quiet_ultralytics():
 
 
 def export(model: DetectionModel, runtime: str, imgsz: int | Shape = 640, precision: str = "fp32",
-           rewrite: str | None = None, progress: Progress | None = None) -> Path:
+           rewrite: str | None = None, progress: Progress | None = None, recipe: Int8Recipe | None = None) -> Path:
     """The cached ONNX file / OpenVINO XML for ``model`` at these settings, exporting it first if needed.
 
     Export runs ultralytics' exporter on a rewritten copy of the model (static shape ``1×3×h×w``, batch 1,
     onnxslim on) inside a temporary folder, then renames the folder into place, so concurrent processes never see a
-    half-written model.
+    half-written model. ``int8`` quantizes the cached fp32 IR with ``recipe``; its key holds the recipe and the
+    calibration files, so other settings or another image pool give another export; ``recipe`` defaults to ``INT8``.
     """
     if runtime not in EXPORT_FORMATS:
         raise ValueError(f"{runtime} does not use an exported model")
+    if precision == "int8" and runtime != "openvino":
+        raise ValueError("int8 is built for OpenVINO only")
     report = progress or (lambda *a, **k: None)
     rewrite = rewrite or default_rewrite(runtime)
     variant, digest = variant_of(model), weights_digest(model)
-    file_precision = "fp16" if precision == "fp16" else "fp32"
+    if precision == "int8":
+        recipe = recipe or INT8
+        files = calibration_files(recipe)  # first: without images, fail before any export
+        fp32 = export(model, runtime, imgsz, "fp32", rewrite, progress)
+        settings = {**asdict(recipe), "calibration_dir": str(calibration_dir()), "files": [f.name for f in files]}
+        tag = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+        file_precision = f"int8_{tag}"
+    else:
+        file_precision = "fp16" if precision == "fp16" else "fp32"
     key = export_key(variant, runtime, imgsz, file_precision, rewrite, digest)
     root = cache_root()
     entry = root / key
     artefact = _artefact(entry, variant, runtime)
     if artefact.is_file():
-        report(1.0, desc=f"using cached {EXPORT_FORMATS[runtime]} export of {variant}")
+        report(1.0, desc=f"using cached {EXPORT_FORMATS[runtime]} {precision} export of {variant}")
         return artefact
     root.mkdir(parents=True, exist_ok=True)
     h, w = as_shape(imgsz)
-    report(0.05, desc=f"exporting {variant} to {EXPORT_FORMATS[runtime]} at {h}×{w} (once; cached afterwards)")
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
     try:
-        rewritten = optimise(model, rewrite).cpu()
-        rewritten.pt_path = str(tmp / f"{variant}.pt")  # the exporter writes next to this path
-        quantize = {"quantize": 16} if file_precision == "fp16" else {}
-        with quiet_ultralytics():
-            as_yolo(rewritten).export(format=EXPORT_FORMATS[runtime], imgsz=[h, w], device="cpu", batch=1,
-                                      dynamic=False, simplify=True, verbose=False, **quantize)
+        if precision == "int8":
+            report(0.5, desc=f"quantizing {variant} to int8 on {len(files)} calibration images (once; cached)")
+            _quantize(fp32, _artefact(tmp, variant, runtime), (h, w), recipe, files)
+            info = {"int8_recipe": recipe.id, **settings}
+        else:
+            report(0.05, desc=f"exporting {variant} to {EXPORT_FORMATS[runtime]} at {h}×{w} (once; cached afterwards)")
+            rewritten = optimise(model, rewrite).cpu()
+            rewritten.pt_path = str(tmp / f"{variant}.pt")  # the exporter writes next to this path
+            quantize = {"quantize": 16} if file_precision == "fp16" else {}
+            with quiet_ultralytics():
+                as_yolo(rewritten).export(format=EXPORT_FORMATS[runtime], imgsz=[h, w], device="cpu", batch=1,
+                                          dynamic=False, simplify=True, verbose=False, **quantize)
+            info = {}
         if not _artefact(tmp, variant, runtime).is_file():
-            raise RuntimeError(f"ultralytics' exporter wrote no {EXPORT_FORMATS[runtime]} model for {variant}")
+            raise RuntimeError(f"no {EXPORT_FORMATS[runtime]} {precision} model was written for {variant}")
         (tmp / "export.json").write_text(json.dumps({
             "variant": variant, "runtime": runtime, "imgsz": [h, w], "precision": file_precision, "rewrite": rewrite,
-            "weights_digest": digest}, indent=2) + "\n")
+            "weights_digest": digest, **info}, indent=2) + "\n")
         report(0.8, desc="export done")
         for stale in root.glob(f"{key[:-16]}*"):  # same settings, other weights
             if stale.is_dir() and stale.name != key:
@@ -415,11 +433,41 @@ def export(model: DetectionModel, runtime: str, imgsz: int | Shape = 640, precis
     return artefact
 
 
+def calibration_blob(path: Path, shape: Shape) -> np.ndarray:
+    """One calibration image as the detector feeds it: RGB, ``preprocess.letterbox`` to ``shape``, ``_blob``."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise CalibrationError(f"calibration image {path} cannot be read")
+    return _blob(letterbox(np.ascontiguousarray(image[..., ::-1]), shape))
+
+
+def _quantize(fp32: Path, out: Path, shape: Shape, recipe: Int8Recipe, files: list[Path]) -> None:
+    """NNCF post-training quantization of the fp32 IR ``fp32`` into ``out`` (weights and activations int8)."""
+    import nncf
+    import openvino as ov
+    from nncf.common.logging import nncf_logger
+
+    level = nncf_logger.level
+    nncf_logger.setLevel(logging.ERROR)
+    try:
+        quantized = nncf.quantize(
+            ov.Core().read_model(str(fp32)), nncf.Dataset(files, lambda p: calibration_blob(p, shape)),
+            preset=nncf.QuantizationPreset(recipe.preset), subset_size=len(files),
+            ignored_scope=nncf.IgnoredScope(types=list(recipe.float_types), patterns=list(recipe.float_patterns),
+                                            validate=False))
+    finally:
+        nncf_logger.setLevel(level)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ov.save_model(quantized, str(out), compress_to_fp16=False)
+
+
 # ------------------------------------------------------------------------------------------------------- backends
 class Backend(Protocol):
-    """Runs a letterboxed image; ``prepare`` is timed as preprocessing, ``__call__`` as inference."""
+    """Runs a letterboxed image; ``prepare`` is timed as preprocessing, ``__call__`` as inference. ``threads``: the
+    intra-op threads it computes on (None: the runtime's own choice, unknown)."""
 
     precision: str
+    threads: int | None
 
     def prepare(self, letterboxed: np.ndarray) -> Any: ...
 
@@ -459,6 +507,10 @@ class TorchBackend:
             self._run = self._replay
         elif mode != "eager":
             raise ValueError(f"unknown torch mode {mode!r}")
+
+    @property
+    def threads(self) -> int:
+        return torch.get_num_threads()
 
     def prepare(self, letterboxed: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(letterboxed).to(self.device, non_blocking=True)  # uint8 over the bus: 4× fewer bytes
@@ -504,12 +556,15 @@ class TorchBackend:
 
 
 class OnnxRuntimeBackend:
-    def __init__(self, path: Path, device: str, precision: str):
+    def __init__(self, path: Path, device: str, precision: str, threads: int | None = None):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        self.threads = threads
         # Idle intra-op threads sleep instead of spinning: spinning threads hold the cores that other requests, video
         # decode and encode, and a Space's neighbours need, and wait longest when one of those holds a core.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -531,20 +586,23 @@ class OpenVINOBackend:
     OpenVINO's CPU plugin defaults to bf16 on CPUs with native bf16, as ultralytics' AutoBackend leaves it; naming the
     hint makes ``fp32`` and ``bf16`` both selectable and the benchmark's precision label true. Compiled blobs are kept
     beside the IR (OpenVINO's ``CACHE_DIR``), so later loads skip compilation and stale exports take theirs along.
-    ``config`` adds compile properties (``scripts/ov_profile.py`` turns on ``PERF_COUNT``).
+    ``config`` adds compile properties (``experiments/ov_profile.py`` turns on ``PERF_COUNT``). An int8 IR runs its
+    quantized parts in int8 and the parts left in float in bf16 where the CPU has it (f32 otherwise), as its
+    precision hint says nothing else.
     """
 
-    def __init__(self, path: Path, precision: str, config: dict[str, Any] | None = None):
+    def __init__(self, path: Path, precision: str, config: dict[str, Any] | None = None, threads: int | None = None):
         import openvino as ov
 
         core = ov.Core()
         core.set_property({"CACHE_DIR": str(path.parent / "compiled")})
-        config = {"PERFORMANCE_HINT": "LATENCY",
-                  "INFERENCE_PRECISION_HINT": {"bf16": ov.Type.bf16, "fp16": ov.Type.f16}.get(precision, ov.Type.f32),
-                  **(config or {})}
+        hint = {"bf16": ov.Type.bf16, "fp16": ov.Type.f16, "int8": ov.Type.bf16 if openvino_cpu_bf16() else ov.Type.f32}
+        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": hint.get(precision, ov.Type.f32),
+                  **({"INFERENCE_NUM_THREADS": threads} if threads else {}), **(config or {})}
         self.compiled = core.compile_model(str(path), "CPU", config)
         self.request = self.compiled.create_infer_request()
         self.precision = precision
+        self.threads = int(self.compiled.get_property("INFERENCE_NUM_THREADS"))
 
     def prepare(self, letterboxed: np.ndarray) -> np.ndarray:
         return _blob(letterboxed)
@@ -566,8 +624,8 @@ def load_backend(model: DetectionModel, runtime: str, device: str, imgsz: int | 
     elif runtime in EXPORT_FORMATS:
         path = export(model, runtime, imgsz, precision, rewrite, progress)
         report(0.85, desc=f"loading {path.name} into {runtime}")
-        backend = (OnnxRuntimeBackend(path, device, precision) if runtime == "onnxruntime"
-                   else OpenVINOBackend(path, precision))
+        backend = (OnnxRuntimeBackend(path, device, precision, _threads) if runtime == "onnxruntime"
+                   else OpenVINOBackend(path, precision, threads=_threads))
     else:
         raise ValueError(f"{runtime} has no backend here")
     report(1.0, desc="ready")

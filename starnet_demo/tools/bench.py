@@ -3,7 +3,17 @@
 For each combination: ``latency.measure`` on one image (median/p90 ms per stage, peak memory), optionally the video
 pipeline on a clip (``pipeline.run_video``: decode and encode included) and the accuracy guard (mAP50-95 on a held-out
 split through that very runtime, against PyTorch fp32). Output: a JSON list of records, one per combination, and a
-markdown table with the machine it ran on and the ratios the project aims at.
+markdown table with the machine it ran on and the ratios the project aims at, as measured on that machine's CPU.
+
+Like for like: every runtime, ultralytics' ``predict`` included, computes on the same number of threads
+(``runtimes.use_threads``; each record says how many its runtime used) after the same warm-up. Absolute figures
+depend on the machine far more than on anything here: on committed runs, S1 through ultralytics ``predict`` took
+60.9 ms end to end on an idle 2-core EPYC with two threads, 118.6 and 172 ms on EPYCs with the one thread that
+ultralytics' ``select_device`` used to leave (see ``devices.keep_torch_threads``), and 180.4 ms on a 2-vCPU Xeon
+that ran every runtime, OpenVINO and ONNX Runtime included, 2.6-3x slower than the EPYC; ``predict`` against our
+eager PyTorch in the same run stayed within 0.86-1.03x throughout. So each run records its CPU, its ISA flags and the
+dense matmul throughput it reaches (``peak_gflops``), each record its GFLOP/s, and the markdown states ratios within
+the run only.
 
 Variants without weights in the weights folder are timed untrained (``trained: false``): speed does not depend on the
 weights, but an untrained model finds nothing, so NMS has less to do than with trained weights.
@@ -13,7 +23,9 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import io
 import json
+import logging
 import math
 import os
 import platform
@@ -37,12 +49,14 @@ from ..inference.pipeline import run_video
 from ..inference.preprocess import check_imgsz
 from ..inference.runtimes import (
     EXPORT_FORMATS,
+    INT8,
     available_runtimes,
     default_rewrite,
     is_cuda,
     precisions,
     quiet_ultralytics,
     resolve_runtime,
+    use_threads,
 )
 from ..media.video import probe
 from ..models.rewrite import REWRITES
@@ -54,6 +68,10 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 #: mAP50-95 a runtime may lose against PyTorch fp32 before the guard fails it (0.5 points).
 MAX_MAP_DROP = 0.005
+#: The CPU features that decide which kernels the runtimes can use (``/proc/cpuinfo`` flags), for the machine info.
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_fp16")
+#: Which peak a record's GFLOP/s is read against: its arithmetic (ONNX Runtime and PyTorch on the CPU run fp32).
+PEAK_OF = {"int8": "int8", "bf16": "bf16", "fp16": "bf16"}
 
 
 def default_runtimes(device: str) -> list[str]:
@@ -84,17 +102,64 @@ def read_rgb(path: str | Path) -> np.ndarray:
     return np.ascontiguousarray(image[..., ::-1])
 
 
-def machine_info(device: str) -> dict[str, Any]:
-    """What the figures were measured on: CPU, cores, GPU, library versions, and how busy the machine was."""
-    cpu = platform.processor() or platform.machine()
-    try:
+def cpu_info() -> dict[str, Any]:
+    """The CPU's model name, its ``ISA_FLAGS`` and whether it is a virtual machine (Linux; the platform elsewhere)."""
+    cpu, flags = platform.processor() or platform.machine(), set()
+    with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info: dict[str, Any] = {"cpu": cpu, "logical_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and cpu == (platform.processor() or platform.machine()):
+                cpu = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    return {"cpu": cpu, "cpu_flags": [f for f in ISA_FLAGS if f in flags], "virtual_machine": "hypervisor" in flags}
+
+
+def peak_gflops(threads: int, seconds: float = 0.5, n: int = 1024) -> dict[str, float]:
+    """Dense ``n``×``n`` matmul throughput in GFLOP/s (int8: GOP/s) through OpenVINO's CPU plugin, per arithmetic
+    (``fp32``, ``bf16`` where the CPU has it, ``int8`` where NNCF is installed) on ``threads`` threads, and fp32 on
+    one thread (``fp32_1thread``: two threads far short of twice that mean shared or contended cores): the
+    achievable peak that the runtimes' GFLOP/s are read against. About 5 s."""
+    try:
+        import openvino as ov
+        from openvino import opset13 as ops
+    except ImportError:
+        return {}
+    from ..inference.runtimes import int8_unavailable_reason, openvino_cpu_bf16
+
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal((n, n)).astype(np.float32)
+    x = ops.parameter([n, n], np.float32)
+    model = ov.Model([ops.matmul(x, ops.constant(rng.standard_normal((n, n)).astype(np.float32) * 0.03), False,
+                                 False)], [x])
+    todo = [("fp32", model, ov.Type.f32, threads), ("fp32_1thread", model, ov.Type.f32, 1)]
+    if openvino_cpu_bf16():
+        todo.append(("bf16", model, ov.Type.bf16, threads))
+    if int8_unavailable_reason() is None:
+        import nncf
+        from nncf.common.logging import nncf_logger
+
+        nncf_logger.setLevel(logging.ERROR)
+        with contextlib.redirect_stdout(io.StringIO()):
+            quantized = nncf.quantize(model, nncf.Dataset([data]), subset_size=1)
+        todo.append(("int8", quantized, ov.Type.bf16 if openvino_cpu_bf16() else ov.Type.f32, threads))
+    out = {}
+    for name, m, hint, n_threads in todo:
+        request = ov.Core().compile_model(m, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": hint,
+                                                      "INFERENCE_NUM_THREADS": n_threads}).create_infer_request()
+        request.infer({0: data})
+        calls, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            request.infer({0: data})
+            calls += 1
+        out[name] = round(2 * n**3 * calls / (time.perf_counter() - t0) / 1e9, 1)
+    return out
+
+
+def machine_info(device: str, threads: int | None = None) -> dict[str, Any]:
+    """What the figures were measured on: CPU (model, ISA flags, matmul peaks on ``threads`` threads), cores, GPU,
+    library versions, and how busy the machine was."""
+    info: dict[str, Any] = {**cpu_info(), "logical_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                             "python": platform.python_version(), "torch": torch.__version__}
     if hasattr(os, "getloadavg"):
         info["load_avg_1min"] = round(os.getloadavg()[0], 2)
@@ -113,6 +178,8 @@ def machine_info(device: str) -> dict[str, Any]:
         from ..inference.runtimes import openvino_cpu_bf16
 
         info["openvino_bf16"] = openvino_cpu_bf16()
+        if threads:
+            info["peak_gflops"] = peak_gflops(threads)
     return info
 
 
@@ -135,7 +202,7 @@ def _combinations(variants: Iterable[str], runtimes: Iterable[str], device: str,
     out = []
     for variant in variants:
         for runtime in runtimes:
-            supported = precisions(runtime, device)
+            supported = precisions(runtime, device, variant)
             chosen = (supported[:1] if precision_choice == "default" else supported if precision_choice == "all"
                       else [p for p in precision_choice.split(",") if p in supported])
             if runtime == "ultralytics":
@@ -151,34 +218,48 @@ def _combinations(variants: Iterable[str], runtimes: Iterable[str], device: str,
 def bench(variants: list[str], runtimes: list[str] | None = None, device: str = "cpu", imgsz: int = 640,
           runs: int = 20, warmup: int = 3, image: str | Path | None = None, video: str | Path | None = None,
           video_frames: int = 150, precision_choice: str = "default", rewrites: list[str] | None = None,
-          accuracy: str | Path | None = None, busy: int = 0,
+          accuracy: str | Path | None = None, busy: int = 0, threads: int | None = None,
           log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Measure every variant (YOLOv8n first) × runtime × precision × rewrite; returns the records.
 
     ``runtimes`` may include ``auto`` (resolved for the device); each record says whether it is ``auto``'s choice.
     ``busy`` busy-loop processes compete for the CPU during the timed rounds and the video runs (``busy_cores``).
+    ``threads``: the intra-op threads of every runtime on the CPU (default: every logical core); each is warmed up
+    ``warmup`` times, plus once untimed at the start of each of the interleaved rounds.
     """
     device = normalise_device(device)
     if is_cuda(device) and not torch.cuda.is_available():
         raise ValueError(f"{device} requested but CUDA is not available")
+    if warmup < 0 or runs < 1:
+        raise ValueError("runs must be >= 1 and warmup >= 0")
     imgsz = check_imgsz(imgsz)
     runtimes = [resolve_runtime(r, device) for r in (runtimes or default_runtimes(device))]
     runtimes = list(dict.fromkeys(runtimes))
     bad = [r for r in rewrites or [] if r not in REWRITES]
     if bad:
         raise ValueError(f"unknown rewrite(s) {bad}; choose from {', '.join(REWRITES)}")
-    variants = list(dict.fromkeys([BASELINE, *variants]))
+    threads = None if is_cuda(device) else threads or os.cpu_count() or 1
+    with use_threads(threads):
+        return _bench(list(dict.fromkeys([BASELINE, *variants])), runtimes, device, imgsz, runs, warmup, image, video,
+                      video_frames, precision_choice, rewrites, accuracy, busy, threads, log)
+
+
+def _bench(variants: list[str], runtimes: list[str], device: str, imgsz: int, runs: int, warmup: int,
+           image: str | Path | None, video: str | Path | None, video_frames: int, precision_choice: str,
+           rewrites: list[str] | None, accuracy: str | Path | None, busy: int, threads: int | None,
+           log: Callable[[str], None]) -> list[dict[str, Any]]:
     auto = resolve_runtime("auto", device)
-    auto_precision = precisions(auto, device)[0]
     image_path = Path(image) if image else default_image()
     rgb = read_rgb(image_path)
-    machine = {**machine_info(device), "busy_processes": busy}
+    machine = {**machine_info(device, threads), "busy_processes": busy}
     records: list[dict[str, Any]] = []
     live: list[tuple[dict[str, Any], Samples]] = []
     for variant, runtime, precision, rewrite in _combinations(variants, runtimes, device, precision_choice,
                                                               rewrites):
         record: dict[str, Any] = {"variant": variant, "runtime": runtime, "device": device, "precision": precision,
-                                  "rewrite": rewrite, "imgsz": imgsz}
+                                  "rewrite": rewrite, "imgsz": imgsz, "threads": threads, "warmup": warmup}
+        if precision == "int8":
+            record["int8_recipe"] = INT8.id
         records.append(record)
         log(f"bench: loading {_label(record)} …")
         try:
@@ -187,7 +268,8 @@ def bench(variants: list[str], runtimes: list[str] | None = None, device: str = 
                                 rewrite=None if runtime == "ultralytics" else rewrite, allow_untrained=True)
             record.update(load_s=round(time.perf_counter() - t0, 2), trained=detector.trained,
                           weights_sha256=detector.config.get("sha256"), image=image_path.name,
-                          auto=runtime == auto and precision == auto_precision and rewrite == default_rewrite(runtime))
+                          auto=runtime == auto and precision == precisions(auto, device, variant)[0]
+                          and rewrite == default_rewrite(runtime))
             samples = Samples(detector, rgb)
             samples.warm(warmup)
             live.append((record, samples))
@@ -210,6 +292,7 @@ def bench(variants: list[str], runtimes: list[str] | None = None, device: str = 
             if "error" in record:
                 continue
             record.update({k: v for k, v in samples.summary().items() if k not in record or k == "runs"})
+            record.update(_throughput(record, machine.get("peak_gflops", {})))
             log(f"bench: {_label(record)}: inference {record['inference_ms']:.1f} ms, "
                 f"e2e {record['e2e_ms_median']:.1f} ms")
             if video:
@@ -239,6 +322,16 @@ def bench(variants: list[str], runtimes: list[str] | None = None, device: str = 
     for record in records:
         record["machine"] = machine
     return records
+
+
+def _throughput(record: dict[str, Any], peaks: dict[str, float]) -> dict[str, Any]:
+    """Achieved GFLOP/s of the inference (the model's GFLOPs over its median inference time) and, on the CPU, its
+    share of the matmul peak of the arithmetic it runs in (``PEAK_OF``)."""
+    if not record.get("gflops") or not record.get("inference_ms"):
+        return {}
+    rate = record["gflops"] / record["inference_ms"] * 1000
+    peak = peaks.get(PEAK_OF.get(record["precision"], "fp32"))
+    return {"gflops_per_s": round(rate, 1), **({"peak_share": round(rate / peak, 4)} if peak else {})}
 
 
 def _label(record: dict[str, Any]) -> str:
@@ -327,8 +420,19 @@ def _fmt(value: Any, digits: int = 1) -> str:
     return "–" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def where(records: list[dict[str, Any]]) -> str:
+    """The run's machine in a few words: the GPU, or the CPU model with its ISA flags and core count."""
+    m, device = records[0]["machine"], records[0]["device"]
+    if is_cuda(device):
+        return m.get("gpu", device)
+    flags = ", ".join(m.get("cpu_flags", [])) or "no AVX2"
+    vm = ", a virtual machine" if m.get("virtual_machine") else ""
+    return f"{m['cpu']} ({flags}), {m['logical_cores']} logical cores{vm}"
+
+
 def aims(records: list[dict[str, Any]]) -> list[str]:
-    """The issue's three aims as ratios within this run, one line each per StarNet variant."""
+    """The issue's three aims as ratios within this run, one line each per StarNet variant, under a line naming the
+    CPU: ratios move with the CPU (its ISA above all), so a run says what it measured and calls nothing met."""
     ok = [r for r in records if "e2e_ms_median" in r]
     lines = []
     for variant in dict.fromkeys(r["variant"] for r in ok if r["variant"] != BASELINE):
@@ -349,24 +453,37 @@ def aims(records: list[dict[str, Any]]) -> list[str]:
         if auto and "video_fps" in auto:
             lines.append(f"- {variant}: video {auto['video']} ({auto['video_size']}, {auto['video_frames']} frames, "
                          f"decode and encode included) on auto: **{auto['video_fps']:.1f} FPS** (aim ≥ 25)")
-    return lines
+    if not lines:
+        return []
+    return [f"Ratios of this run only, on {where(records)}; another CPU gives other ratios (other runs in "
+            "docs/bench/), so none is claimed beyond it.", "", *lines]
+
+
+def _rate(r: dict[str, Any]) -> str:
+    if r.get("gflops_per_s") is None:
+        return "–"
+    return f"{r['gflops_per_s']:.0f}" + (f" ({r['peak_share'] * 100:.0f} %)" if r.get("peak_share") else "")
 
 
 def to_markdown(records: list[dict[str, Any]]) -> str:
     """A README-ready table: one row per record, the machine above it, the aims below."""
     if not records:
         return "no records\n"
-    m = records[0]["machine"]
-    device = records[0]["device"]
-    where = m.get("gpu") if is_cuda(device) else f"{m['cpu']}, {m['logical_cores']} logical cores"
-    head = (f"Measured on **{where}** ({device}), torch {m['torch']}, ultralytics {m.get('ultralytics', '–')}, "
-            f"ONNX Runtime {m.get('onnxruntime', '–')}, OpenVINO {m.get('openvino', '–')}; "
+    m, first = records[0]["machine"], records[0]
+    device = first["device"]
+    peaks = m.get("peak_gflops", {})
+    threads = f"{first['threads']} threads for every runtime" if first.get("threads") else "each runtime's threads"
+    head = (f"Measured on **{where(records)}** ({device}), torch {m['torch']}, ultralytics {m.get('ultralytics', '–')}"
+            f", ONNX Runtime {m.get('onnxruntime', '–')}, OpenVINO {m.get('openvino', '–')}; "
             f"load average {m.get('load_avg_1min', '–')} at the start, {m.get('load_avg_1min_end', '–')} at the end"
             f"{f'; {busy} busy-loop processes competing (--busy)' if (busy := m.get('busy_processes')) else ''}. "
-            f"Image {records[0].get('image', '–')}, "
-            f"{records[0]['imgsz']} px, batch 1; ms are medians (p90 for end-to-end).")
-    cols = ["variant", "runtime", "precision", "rewrite", "pre ms", "infer ms", "post ms", "e2e ms", "e2e p90",
-            "FPS", "video FPS", "peak MB", "mAP50-95 (Δ)"]
+            f"Image {first.get('image', '–')}, {first['imgsz']} px, batch 1, {threads}, {first.get('warmup', '–')} "
+            "warm-up calls each (and one untimed call per round); ms are medians (p90 for end-to-end).")
+    if peaks:
+        head += (" Matmul peak on this CPU (OpenVINO, GFLOP/s; int8 GOP/s): "
+                 + ", ".join(f"{k.replace('_', ' ')} {v:.0f}" for k, v in peaks.items()) + ".")
+    cols = ["variant", "runtime", "precision", "rewrite", "threads", "pre ms", "infer ms", "post ms", "e2e ms",
+            "e2e p90", "FPS", "GFLOP/s (% peak)", "video FPS", "peak MB", "mAP50-95 (Δ)"]
     rows = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in records:
         if "error" in r:
@@ -378,12 +495,18 @@ def to_markdown(records: list[dict[str, Any]]) -> str:
         name = r["variant"] + ("" if r.get("trained", True) else "*")
         rows.append("| " + " | ".join([
             name, r["runtime"] + (" (auto)" if r.get("auto") else ""), r["precision"], r["rewrite"],
-            _fmt(r["preprocess_ms"]), _fmt(r["inference_ms"]), _fmt(r["postprocess_ms"]), _fmt(r["e2e_ms_median"]),
-            _fmt(r["e2e_ms_p90"]), _fmt(r["fps"]), _fmt(r.get("video_fps")), _fmt(r["peak_memory_mb"], 0), acc,
+            _fmt(r.get("threads_used")), _fmt(r["preprocess_ms"]), _fmt(r["inference_ms"]),
+            _fmt(r["postprocess_ms"]), _fmt(r["e2e_ms_median"]), _fmt(r["e2e_ms_p90"]), _fmt(r["fps"]), _rate(r),
+            _fmt(r.get("video_fps")), _fmt(r["peak_memory_mb"], 0), acc,
         ]) + " |")
     notes = []
     if any(not r.get("trained", True) for r in records if "error" not in r):
         notes.append("\\* untrained weights (timing only; no detections, so NMS has little to do).")
+    notes.append("GFLOP/s: the model's GFLOPs at this size (ultralytics' count) over the median inference time; % of "
+                 "the matmul peak of the arithmetic the runtime computes in (int8: the int8 peak).")
+    if any(r.get("precision") == "int8" for r in records):
+        notes.append(f"int8: OpenVINO on NNCF's post-training quantization, recipe {INT8.id} (name/calibration "
+                     "images/seed; runtimes.INT8).")
     if is_cuda(device):
         notes.append("peak MB: torch's peak CUDA allocation during the timed runs.")
     else:

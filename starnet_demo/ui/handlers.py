@@ -9,6 +9,7 @@ Bad input becomes a one-line ``gr.Error`` and the server carries on (``user_erro
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import time
 import weakref
@@ -22,6 +23,8 @@ import numpy as np
 import pandas as pd
 import supervision as sv
 
+from ..explain import cam as cams
+from ..explain import swap, toy
 from ..inference import devices
 from ..inference.detector import Detector, get_detector
 from ..inference.latency import measure
@@ -29,10 +32,11 @@ from ..inference.runtimes import unavailable_reason
 from ..inference.settings import Settings, check_runtime, check_settings, class_ids
 from ..inference.video import detect_video
 from ..media.images import ImageError, read_image
+from ..media.sinks import DetectionFiles
 from ..media.video import VideoError
 from ..models.yolo import BASELINE
 from ..viz.annotate import DetectionAnnotator, StatsAnnotator, records
-from ..viz.starmaps import gallery
+from ..viz.starmaps import gallery, overlay
 from ..weights.files import WeightsError, local_dir
 from .choices import block_choices, model_name, recorded_metrics
 from .files import discard_upload, output_path, sweep_outputs, upload_path
@@ -99,6 +103,38 @@ def load_detector(variant: str, device: str, runtime: str = "auto") -> Detector:
     return detector
 
 
+def detection_files() -> DetectionFiles:
+    """A CSV and a JSON file for a request's detections, in the app's results folder."""
+    return DetectionFiles(output_path("-detections.csv"), output_path("-detections.json"))
+
+
+def check_int(name: str, value: Any, lo: int, hi: int) -> int:
+    """A whole number from ``lo`` to ``hi`` (a Slider may send 8.0), or a one-line ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi or value != int(value):
+        raise ValueError(f"{name} must be a whole number from {lo} to {hi}, got {value!r:.40}")
+    return int(value)
+
+
+def check_models(variants: Any, extra: tuple[str, ...] = ()) -> list[str]:
+    """The models a multi-model tab was asked for (a name or a list of names), then ``extra``, without repeats."""
+    variants = [variants] if isinstance(variants, str) else variants
+    if variants is not None and not isinstance(variants, (list, tuple)):
+        raise gr.Error(f"variants must be a list such as ['s1', 's4'], got {variants!r:.80}")
+    models = list(dict.fromkeys([*(variants or []), *extra]))
+    if not models:
+        raise gr.Error("Select at least one model.")
+    return models
+
+
+def check_block(variant: str, block: Any) -> str:
+    """A star block of this StarNet (``stage.index``), or a one-line ``ValueError``."""
+    if variant == BASELINE:
+        raise ValueError("YOLOv8n has no star blocks; pick a StarNet variant")
+    if str(block) not in block_choices(variant):
+        raise ValueError(f"block {block!r:.20} is not in {variant}; choose one of {', '.join(block_choices(variant))}")
+    return str(block)
+
+
 def on_device(s: Settings, runtime: str, fn: Callable[[Detector], T], toast: bool = True) -> tuple[T, str | None]:
     """``fn(detector)`` on the chosen device, retried on the CPU (with a notice) when the GPU cannot take it."""
     result, notice = devices.run_on(s.device, lambda dev: fn(load_detector(s.variant, dev, runtime)))
@@ -110,7 +146,8 @@ def on_device(s: Settings, runtime: str, fn: Callable[[Detector], T], toast: boo
 # ---------------------------------------------------------------- Image tab
 @devices.zero_gpu(duration=30)
 def detect_image(image, variant, device, conf, iou, imgsz, classes=None, runtime="auto"):
-    """Detect objects in one image: annotated image, detections JSON, table, timings line."""
+    """Detect objects in one image: annotated image, detections JSON, table, timings line, and the detections as
+    JSON and CSV files (supervision's sinks)."""
     with user_errors(image):
         s, runtime = check_settings(variant, device, conf, iou, imgsz), check_runtime(runtime, device)
         rgb = load_image(image)
@@ -125,14 +162,17 @@ def detect_image(image, variant, device, conf, iou, imgsz, classes=None, runtime
               "detections": rows, "timings_ms": timings, "notice": notice}
     line = (f"**{len(rows)} objects** · preprocess {timings['preprocess']:.1f} ms · inference "
             f"{timings['inference']:.1f} ms · postprocess {timings['postprocess']:.1f} ms")
-    return DetectionAnnotator().annotate(rgb, detections), result, table, line
+    with detection_files() as sink:
+        sink.append(detections)
+    return DetectionAnnotator().annotate(rgb, detections), result, table, line, sink.paths
 
 
 # ---------------------------------------------------------------- Video tab
 @devices.zero_gpu(duration=120)
 def detect_video_file(video, variant, device, conf, iou, imgsz, track=False, classes=None, runtime="auto",
                       progress=gr.Progress()):  # noqa: B008 (Gradio injects progress through this default)
-    """Detect (and optionally track) objects in every frame: H.264 mp4, summary JSON, per-class counts table."""
+    """Detect (and optionally track) objects in every frame: H.264 mp4, summary JSON, per-class counts table, and
+    every frame's detections as JSON and CSV files, each row with its ``frame`` index."""
     path = upload_path(video)
     if not path:
         raise gr.Error("Please upload a video first.")
@@ -141,16 +181,22 @@ def detect_video_file(video, variant, device, conf, iou, imgsz, track=False, cla
         s, runtime = check_settings(variant, device, conf, iou, imgsz), check_runtime(runtime, device)
         out = output_path(".mp4")
         progress(0, desc="Detecting")
-        res, notice = on_device(s, runtime, lambda det: detect_video(
-            path, det, out, conf=s.conf, iou=s.iou, imgsz=s.imgsz, classes=class_ids(det.names, classes),
-            track=bool(track), annotate=DetectionAnnotator(trace=bool(track), rgb=False).annotate, progress=progress))
+
+        def work(det: Detector):
+            with detection_files() as sink:  # per attempt: a retry on the CPU writes the files afresh
+                return detect_video(
+                    path, det, out, conf=s.conf, iou=s.iou, imgsz=s.imgsz, classes=class_ids(det.names, classes),
+                    track=bool(track), annotate=DetectionAnnotator(trace=bool(track), rgb=False).annotate,
+                    progress=progress, on_frame=lambda detections, i: sink.append(detections, frame=i)), sink.paths
+
+        (res, downloads), notice = on_device(s, runtime, work)
     summary = {"variant": s.variant, "device": s.device if not notice else "cpu", "frames": res.frames,
                "seconds": round(res.seconds, 2), "processing_fps": round(res.fps, 2), "width": res.width,
                "height": res.height, "tracked": res.tracked, "truncated": res.truncated, "counts": res.counts,
                "notice": notice}
     if res.truncated:
         gr.Warning(f"The video is damaged after frame {res.frames}; the frames before it were processed.")
-    return str(res.path), summary, pd.DataFrame(res.counts)
+    return str(res.path), summary, pd.DataFrame(res.counts), downloads
 
 
 # ---------------------------------------------------------------- Webcam tab
@@ -184,12 +230,7 @@ def webcam_frame(frame, state, variant, device, conf, iou, imgsz, classes=None, 
 def latency(image, variants, device, imgsz, runs=10, baseline=True, conf=0.25, iou=0.45, runtime="auto"):
     """Time each selected model (and the YOLOv8n reference) on one image: table, stage bar plot, accuracy against
     latency, annotated gallery, JSON. Each row carries the model's recorded held-out mAP50."""
-    variants = [variants] if isinstance(variants, str) else variants
-    if variants is not None and not isinstance(variants, (list, tuple)):
-        raise gr.Error(f"variants must be a list such as ['s1', 's4'], got {variants!r:.80}")
-    models = list(dict.fromkeys([*(variants or []), *([BASELINE] if baseline else [])]))
-    if not models:
-        raise gr.Error("Select at least one model.")
+    models = check_models(variants, (BASELINE,) if baseline else ())
     if isinstance(runs, bool) or not isinstance(runs, (int, float)) or not 1 <= runs <= 100:  # also refuses NaN
         raise gr.Error(f"runs must be a number from 1 to 100, got {runs!r:.40}")
     results, shots = [], []
@@ -234,16 +275,94 @@ def star_maps(image, variant, block, imgsz=640, top_k=3, device="cpu"):
     """Heatmaps of act(f1(x)), f2(x) and their product for one block: gallery items and a summary JSON."""
     with user_errors(image):
         s = check_settings(variant, device, 0.25, 0.45, imgsz)
-        if s.variant == BASELINE:
-            raise ValueError("YOLOv8n has no star blocks; pick a StarNet variant")
-        if str(block) not in block_choices(s.variant):
-            raise ValueError(f"block {block!r:.20} is not in {s.variant}; choose one of "
-                             f"{', '.join(block_choices(s.variant))}")
+        block = check_block(s.variant, block)
         if isinstance(top_k, bool) or not isinstance(top_k, (int, float)) or not 1 <= top_k <= 16:
             raise ValueError(f"top channels must be a number from 1 to 16, got {top_k!r:.40}")
         rgb = load_image(image)
         # the hooks need the PyTorch model, which every detector keeps
-        (boxed, maps), _ = on_device(s, "pytorch", lambda det: det.star_maps(rgb, str(block), s.imgsz))
+        (boxed, maps), _ = on_device(s, "pytorch", lambda det: det.star_maps(rgb, block, s.imgsz))
         items = gallery(boxed, maps, top_k=int(top_k))
     energy = {w: [round(float(v), 5) for v in maps.energy(w)] for w in ("act_f1", "f2", "star")}
     return items, {"variant": s.variant, "block": maps.key, "shape_chw": list(maps.shape), "energy": energy}
+
+
+# ---------------------------------------------------------------- Why stars tab
+@devices.zero_gpu(duration=30)
+def star_vs_sum(image, variant, swap_in, block, imgsz=640, conf=0.25, iou=0.45, device="cpu"):
+    """Detections and one block's maps with the star as trained and with a sum swapped into ``swap_in`` (``all``,
+    ``stage N``, block keys, or a list of them): gallery items (detections both ways, then the block's maps) and a
+    summary JSON."""
+    with user_errors(image):
+        s = check_settings(variant, device, conf, iou, imgsz)
+        block = check_block(s.variant, block)
+        swapped = swap.swap_keys(s.variant, swap_in)
+        rgb = load_image(image)
+        r, _ = on_device(s, "pytorch", lambda det: swap.star_vs_sum(det, rgb, swapped, block, s.conf, s.iou, s.imgsz))
+    where = "all blocks" if len(swapped) == len(block_choices(s.variant)) else ", ".join(
+        [swap_in] if isinstance(swap_in, str) else map(str, swap_in))
+    kept = r.kept()
+    fused = "act(f1(x)) + f2(x)" if block in r.swapped else "act(f1(x)) * f2(x), the sum upstream"
+    items = [(DetectionAnnotator().annotate(rgb, r.star.detections),
+              f"star, as trained: {len(r.star.detections)} objects"),
+             (DetectionAnnotator().annotate(rgb, r.sum.detections),
+              f"sum in {where}: {len(r.sum.detections)} objects ({kept} of the star's {len(r.star.detections)} "
+              "still found)"),
+             (overlay(r.picture, r.star.maps.star.mean(0)), f"block {block}, star: mean of act(f1(x)) * f2(x)"),
+             (overlay(r.picture, r.sum.maps.star.mean(0)), f"block {block}, sum in {where}: mean of {fused}")]
+    info = {"variant": s.variant, "swapped": r.swapped, "block": block, "kept": kept,
+            **{p.fusion: {"objects": len(p.detections), "detections": records(p.detections),
+                          "block_energy": round(float(p.maps.energy().mean()), 5)} for p in (r.star, r.sum)}}
+    return items, info
+
+
+def star_vs_sum_measured() -> pd.DataFrame:
+    """The committed measurement (``python -m starnet_demo.explain.swap``) as a table; empty if there is none."""
+    columns = ["sum in", "blocks", "mAP50", "mAP50-95"]
+    if not swap.MEASURED.is_file():
+        return pd.DataFrame(columns=columns)
+    rows = json.loads(swap.MEASURED.read_text())["rows"]
+    return pd.DataFrame([[r["sum_in"] if r["sum_in"] != "none" else "nowhere (as trained)", r["blocks"],
+                          f"{r['map50']:.3f} ± {r['map50_se']:.3f}", f"{r['map50_95']:.3f} ± {r['map50_95_se']:.3f}"]
+                         for r in rows], columns=columns)
+
+
+def star_toy(dataset, width=8, depth=2, seed=0):
+    """Train the toy's star and sum nets (same data, seed and steps) on a 2D set: both decision boundaries, a line
+    with their test accuracies, the committed sweep over widths for this set and depth, and a summary JSON."""
+    with user_errors():
+        width = check_int("width", width, 1, toy.MAX_WIDTH)
+        depth = check_int("depth", depth, 1, toy.MAX_DEPTH)
+        seed = check_int("seed", seed, 0, 2**31 - 1)
+        summary, figure = toy.compare(str(dataset), width, depth, seed=seed)
+    line = (f"**star {summary['star_test_acc']:.1%} · sum {summary['sum_test_acc']:.1%}** held-out accuracy on "
+            f"{dataset}, width {width}, depth {depth}, {summary['params']} parameters each")
+    return figure, line, toy_sweep(str(dataset), depth), summary
+
+
+def toy_sweep(dataset: str, depth: int) -> pd.DataFrame:
+    """Mean test accuracy by width and fusion for one set and depth, from the committed sweep
+    (``docs/explain/toy.json``); empty where it has no such cells."""
+    path = swap.MEASURED.with_name("toy.json")
+    cells = json.loads(path.read_text())["cells"] if path.is_file() else []
+    return pd.DataFrame([{"width": c["width"], "fusion": f, "accuracy": c[f"{f}_acc"]} for c in cells
+                         if c["dataset"] == dataset and c["depth"] == depth for f in ("star", "sum")],
+                        columns=["width", "fusion", "accuracy"])
+
+
+@devices.zero_gpu(duration=60)
+def cam(image, variants, layer="neck", imgsz=640, conf=0.25, iou=0.45, device="cpu"):
+    """EigenCAM heat maps of each chosen model over one image, with the boxes of the same forward pass: gallery
+    items and a summary JSON."""
+    models = check_models(variants)
+    with user_errors(image):
+        if layer not in cams.LAYERS:
+            raise ValueError(f"unknown layer {layer!r:.20}; choose one of {', '.join(cams.LAYERS)}")
+        rgb = load_image(image)
+        shots, info = [], []
+        for model in models:
+            s = check_settings(model, device, conf, iou, imgsz)
+            c, _ = on_device(s, "pytorch", lambda det, s=s: cams.eigencam(det, rgb, layer, s.conf, s.iou, s.imgsz))
+            shots.append((DetectionAnnotator().annotate(overlay(rgb, c.heat), c.detections),
+                          f"{model_name(s.variant)}: {len(c.detections)} objects"))
+            info.append({"variant": s.variant, "objects": len(c.detections), "detections": records(c.detections)})
+    return shots, {"layer": layer, "imgsz": s.imgsz, "models": info}
