@@ -3,7 +3,8 @@
 ``python app.py`` serves it on http://127.0.0.1:7860 (``GRADIO_SERVER_NAME``/``GRADIO_SERVER_PORT`` change that); the
 same file is the Space's ``app_file``. It only lays out the UI and wires components to the package's functions
 (``starnet_demo.ui``). Every tab's main action is a named API endpoint (``/detect_image``, ``/detect_video``,
-``/latency``, ``/star_maps``) taking models as ``s1``…``s4`` or ``yolov8n`` and devices as ``cpu``, ``cuda:0``, ….
+``/latency``, ``/star_maps``, ``/star_vs_sum``, ``/star_toy``, ``/cam``) taking models as ``s1``…``s4`` or
+``yolov8n`` and devices as ``cpu``, ``cuda:0``, ….
 """
 
 from __future__ import annotations
@@ -210,8 +211,8 @@ def build_app() -> gr.Blocks:
                                                label="Sum instead of star in")
                         sw_block = gr.Dropdown(block_choices("s1"), value=default_block("s1"), label="Maps of block")
                         sw_btn = gr.Button("Compare", variant="primary", elem_id="star-vs-sum-run")
-                sw_gallery = gr.Gallery(label="Star (as trained) and sum", columns=2, height="auto",
-                                        elem_id="star-vs-sum-gallery")
+                sw_gallery = gr.Gallery(label="Star (as trained) and sum: boxes, then the block's maps", columns=4,
+                                        height="auto", elem_id="star-vs-sum-gallery")
                 gr.Dataframe(handlers.star_vs_sum_measured(), interactive=False, label="Measured: StarNet-S1, "
                              "held-out mAP (coco-mini val, 128 images, 640 px) with the sum swapped in (± s.e.)")
                 with gr.Accordion("JSON", open=False):
@@ -223,7 +224,7 @@ def build_app() -> gr.Blocks:
                 gr.Markdown(TOY_TEXT)
                 with gr.Row():
                     toy_set = gr.Dropdown(list(DATASETS), value="spirals", label="Dataset")
-                    toy_width = gr.Slider(1, 64, value=8, step=1, label="Width (both nets)")
+                    toy_width = gr.Slider(1, handlers.TOY_MAX_WIDTH, value=8, step=1, label="Width (both nets)")
                     toy_depth = gr.Slider(1, MAX_DEPTH, value=2, step=1, label="Depth (blocks)")
                     toy_seed = gr.Number(0, precision=0, minimum=0, label="Seed")
                 toy_btn = gr.Button("Train both", variant="primary", elem_id="toy-run")
@@ -231,7 +232,7 @@ def build_app() -> gr.Blocks:
                 with gr.Row():
                     toy_figure = gr.Image(label="Decision boundaries: star (left), sum (right)", elem_id="toy-out")
                     toy_plot = gr.LinePlot(handlers.toy_sweep("spirals", 2), x="width", y="accuracy", color="fusion",
-                                           title="Committed sweep: mean held-out accuracy over 3 seeds")
+                                           title="Committed sweep: mean held-out accuracy over seeds")
                 with gr.Accordion("JSON", open=False):
                     toy_json = gr.JSON()
                 toy_btn.click(file_outputs(handlers.star_toy), [toy_set, toy_width, toy_depth, toy_seed],

@@ -1,8 +1,9 @@
 """The app in a real browser: Playwright drives Debian's headless Chromium against ``app.py`` on 127.0.0.1.
 
-One test clicks an example image and checks the boxes drawn on the result; the other feeds Chromium's fake camera
+One test clicks an example image and checks the boxes drawn on the result; another feeds Chromium's fake camera
 from a Y4M clip made here, streams it through the Webcam tab, and measures the annotated frames per second coming
-back. Screenshots and the measured FPS go to ``artifacts/browser/``. Skipped only where ``/usr/bin/chromium`` is
+back; three more run the "Why stars" views (star or sum on the detector, the 2D toy, EigenCAM per model) from their
+buttons. Screenshots and the measured FPS go to ``artifacts/browser/``. Skipped only where ``/usr/bin/chromium`` is
 missing; ``.ci/run`` installs it. ``STARNET_WEBCAM_VARIANTS=s1,s4`` times more variants.
 """
 
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from app_support import BUS, ROOT, boxy_weights, serve, stream_webcam, write_y4m
 from PIL import Image
 from playwright.sync_api import sync_playwright
@@ -33,7 +35,8 @@ BOX_RGB = np.array([163, 81, 251])  # supervision's default colour for class 0 (
 
 @pytest.fixture(scope="module")
 def url(tmp_path_factory):
-    weights = boxy_weights(tmp_path_factory.mktemp("browser-weights"), tuple(dict.fromkeys(["s1", *VARIANTS])))
+    weights = boxy_weights(tmp_path_factory.mktemp("browser-weights"),
+                           tuple(dict.fromkeys(["s1", *VARIANTS, "yolov8n"])))  # yolov8n: the CAM view's default
     with serve(weights, tmp_path_factory.mktemp("examples-cache")) as (_, address):
         yield address
 
@@ -94,3 +97,56 @@ def test_fake_webcam_streams_annotated_frames(browser, url, variant):
         "imgsz": 640, "screenshot": str(ARTIFACTS / f"webcam_{variant}.png")}, indent=2) + "\n")
     assert frames >= 2, "no annotated frames came back from the webcam stream"
     assert frame.shape == (480, 640, 3) and box_pixels(frame) > 200
+
+
+def open_why_stars(browser, url, view: str):
+    page = open_app(browser, url)
+    page.get_by_role("tab", name="Why stars", exact=True).click()
+    page.get_by_role("tab", name=view, exact=True).click()
+    return page
+
+
+def gallery_images(page, gallery: str, count: int, timeout_ms: int = 120_000) -> list[np.ndarray]:
+    """Wait for ``count`` images in a gallery, then fetch them as RGB arrays."""
+    page.wait_for_function(f"document.querySelectorAll('{gallery} img').length >= {count}", timeout=timeout_ms)
+    images = page.locator(f"{gallery} img")
+    return [fetch_image(page, f"{gallery} img >> nth={i}") for i in range(images.count())]
+
+
+def test_star_vs_sum_view(browser, url):
+    page = open_why_stars(browser, url, "Star or sum")
+    page.locator("#star-vs-sum-run").click()
+    images = gallery_images(page, "#star-vs-sum-gallery", 4)
+    page.screenshot(path=str(ARTIFACTS / "why_star_vs_sum.png"), full_page=True)
+    original = np.asarray(Image.open(BUS).convert("RGB"))
+    assert images[0].shape == original.shape and box_pixels(images[0]) > 500  # the star pass's boxes
+    assert page.get_by_text("sum in stage 2").first.is_visible()
+
+
+@pytest.fixture
+def one_thread():
+    """The server runs in this process: one intra-op thread for the toy's tiny steps, as ``app.py`` runs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_star_toy_view(browser, url, one_thread):
+    page = open_why_stars(browser, url, "Toy: star or sum in 2D")
+    page.locator("#toy-run").click()
+    line = page.locator("#toy-line")
+    line.get_by_text("held-out accuracy").wait_for(timeout=120_000)
+    page.locator("#toy-out img").wait_for()
+    page.screenshot(path=str(ARTIFACTS / "why_star_toy.png"), full_page=True)
+    figure = fetch_image(page, "#toy-out img")
+    assert "star" in line.inner_text() and figure.shape[1] > figure.shape[0]  # two panels side by side
+
+
+def test_cam_view(browser, url):
+    page = open_why_stars(browser, url, "Where each model looks")
+    page.locator("#cam-run").click()
+    images = gallery_images(page, "#cam-gallery", 2)
+    page.screenshot(path=str(ARTIFACTS / "why_cam.png"), full_page=True)
+    assert all(img.shape == np.asarray(Image.open(BUS)).shape for img in images[:2])
+    assert page.get_by_text("YOLOv8n (reference):").first.is_visible()

@@ -82,7 +82,7 @@ def test_not_a_video_is_a_video_error(detector, tmp_path, content, message):
 
 
 def test_truncated_video_keeps_what_decodes(detector, tmp_path):
-    """An mp4 with its index first (faststart) that breaks off inside its ninth frame: the frames before come through."""
+    """An mp4 with its index first (faststart) that breaks off in its ninth frame: the frames before come through."""
     whole = write_video(tmp_path / "whole.mp4", frames=FRAMES, faststart=True)
     with av.open(str(whole)) as c:
         ninth = [p.pos for p in c.demux(video=0) if p.size][8]
