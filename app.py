@@ -155,7 +155,7 @@ def build_app() -> gr.Blocks:
                 cam_out = gr.Image(label="Detections", format="jpeg", elem_id="webcam-out")
             cam_state = gr.State(None)
             cam.stream(webcam_frame, [cam, cam_state, *settings, classes, runtime], [cam_out, cam_state],
-                       api_name="webcam", stream_every=0.05, time_limit=STREAM_LIMIT_S,
+                       api_name="webcam", stream_every=1 / 30, time_limit=STREAM_LIMIT_S,
                        concurrency_limit=WEBCAM_STREAMS, preprocess=False)
 
         with gr.Tab("Latency"):

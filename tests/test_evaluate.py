@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import yaml
@@ -142,3 +143,24 @@ def test_bench_accuracy_guard_measures_a_runtime_against_pytorch(self_labelled, 
     assert s1["accuracy_data"] == str(self_labelled) and 0 < s1["map50_95_reference"] <= 1
     assert abs(s1["map50_95_delta"]) < 0.005 and s1["accuracy_ok"]
     assert not list(self_labelled.parent.rglob("*.cache"))
+
+
+def test_bench_guards_int8_as_it_guards_bf16(self_labelled, tmp_path, monkeypatch):
+    """An int8 record gets the same held-out check against PyTorch fp32, and names its recipe, so that
+    ``runtimes.int8_default`` counts it only for that recipe and these weights."""
+    from starnet_demo.inference.runtimes import INT8, int8_unavailable_reason
+
+    if int8_unavailable_reason():
+        pytest.skip(int8_unavailable_reason())
+    calibration = tmp_path / "calibration"
+    calibration.mkdir()
+    image = cv2.imread(str(ROOT / "examples" / "bus.jpg"))
+    for i in range(3):  # crops, not the evaluation images themselves
+        cv2.imwrite(str(calibration / f"crop_{i}.jpg"), image[i * 100: i * 100 + 400, i * 150: i * 150 + 500])
+    monkeypatch.setenv("STARNET_CALIBRATION_DIR", str(calibration))
+    monkeypatch.setenv("STARNET_EXPORT_DIR", str(tmp_path / "exports"))
+    records = bench(["s1"], runtimes=["openvino"], imgsz=IMGSZ, runs=1, warmup=0, precision_choice="int8",
+                    accuracy=self_labelled, log=lambda _: None)
+    s1 = next(r for r in records if r["variant"] == "s1")
+    assert s1["precision"] == "int8" and s1["int8_recipe"] == INT8.id and "error" not in s1
+    assert 0 < s1["map50_95_reference"] <= 1 and s1["accuracy_ok"] == (s1["map50_95_delta"] >= -0.005)

@@ -28,7 +28,7 @@ from ultralytics.data.augment import LetterBox
 from ultralytics.utils import ASSETS
 
 from starnet_demo import cli
-from starnet_demo.inference import runtimes
+from starnet_demo.inference import devices, runtimes
 from starnet_demo.inference.detector import Detector, clear_detectors, get_detector
 from starnet_demo.inference.latency import measure
 from starnet_demo.inference.runtimes import (
@@ -38,6 +38,7 @@ from starnet_demo.inference.runtimes import (
     precisions,
     resolve_runtime,
     unavailable_reason,
+    use_threads,
 )
 from starnet_demo.models.yolo import BASELINE, COCO_NAMES, build_model
 from starnet_demo.tools.bench import busy_cores
@@ -89,7 +90,7 @@ def cpu_runtimes(with_ultralytics: bool = True) -> list[tuple[str, str]]:
     out = [("ultralytics", "fp32")] if with_ultralytics else [("pytorch", "fp32")]
     for runtime in ("onnxruntime", "openvino"):
         if unavailable_reason(runtime, "cpu") is None:
-            out += [(runtime, p) for p in precisions(runtime, "cpu")]
+            out += [(runtime, p) for p in precisions(runtime, "cpu") if p != "int8"]  # int8: tests/test_int8.py
     return out
 
 
@@ -192,7 +193,7 @@ def test_auto_without_native_bf16_prefers_onnxruntime(monkeypatch):
     """Without native bf16 OpenVINO runs fp32, which loses to ONNX Runtime on a shared CPU (``runtimes.AUTO_ORDER``)."""
     monkeypatch.setattr(runtimes, "openvino_cpu_bf16", lambda: False)
     assert resolve_runtime("auto", "cpu") == "onnxruntime"
-    assert precisions("openvino", "cpu") == ("fp32",)
+    assert precisions("openvino", "cpu")[0] == "fp32" and "bf16" not in precisions("openvino", "cpu")
 
 
 def test_bad_settings_are_refused(env):
@@ -243,18 +244,49 @@ def test_measure_reports_every_stage(env):
 
 
 def test_bench_cli_writes_records_and_markdown(env, tmp_path, capsys):
-    out = tmp_path / "bench.json"
-    rc = cli.main(["bench", "--variants", "s050", "--runtimes", "pytorch,ultralytics", "--imgsz", "128", "--runs",
-                   "2", "--warmup", "0", "--video", "none", "--out", str(out)])
+    """Every runtime, ultralytics' predict included, on the threads asked for (every core: ultralytics' own choice
+    would be one fewer), each record saying so, with its GFLOP/s against the CPU's measured matmul peak."""
+    out, cores, before = tmp_path / "bench.json", os.cpu_count(), torch.get_num_threads()
+    rc = cli.main(["bench", "--variants", "s050", "--runtimes", "pytorch,ultralytics", "--imgsz", "128",
+                   "--runs", "2", "--warmup", "1", "--threads", str(cores), "--video", "none", "--out", str(out)])
     assert rc == 0
     records = json.loads(out.read_text())
     assert {(r["variant"], r["runtime"]) for r in records} == {(v, r) for v in (BASELINE, "s050")
                                                                 for r in ("pytorch", "ultralytics")}
     keys = {"variant", "runtime", "device", "precision", "preprocess_ms", "inference_ms", "postprocess_ms",
-            "e2e_ms_median", "e2e_ms_p90", "fps", "peak_memory_mb", "machine"}
+            "e2e_ms_median", "e2e_ms_p90", "fps", "peak_memory_mb", "machine", "threads", "warmup", "gflops_per_s"}
     assert all(keys <= r.keys() for r in records)
-    assert "| variant | runtime |" in out.with_suffix(".md").read_text()
+    assert {(r["threads"], r["threads_used"], r["warmup"]) for r in records} == {(cores, cores, 1)}
+    machine = records[0]["machine"]
+    assert machine["cpu"] and isinstance(machine["cpu_flags"], list) and machine["peak_gflops"]["fp32"] > 0
+    for r in records:
+        assert r["gflops_per_s"] == pytest.approx(r["gflops"] / r["inference_ms"] * 1000, rel=0.01, abs=0.1), r
+        peak = machine["peak_gflops"]["fp32"]
+        assert r["peak_share"] == pytest.approx(r["gflops_per_s"] / peak, rel=0.05, abs=1e-4), r
+    markdown = out.with_suffix(".md").read_text()
+    assert "| variant | runtime |" in markdown and f"{cores} thread" in markdown
+    assert f"Ratios of this run only, on {machine['cpu']}" in markdown
     assert "end-to-end per image" not in capsys.readouterr().out  # no auto runtime measured, so no such ratio
+    assert torch.get_num_threads() == before  # the bench gave the process its threads back
+
+
+def test_use_threads_sets_every_runtime(env):
+    """ONNX Runtime and OpenVINO backends built inside ``use_threads`` compute on that many threads, as PyTorch."""
+    model = with_real_batchnorms()
+    before = torch.get_num_threads()
+    with use_threads(1):
+        assert torch.get_num_threads() == 1
+        for runtime in ("onnxruntime", "openvino"):
+            if unavailable_reason(runtime, "cpu") is None:
+                assert load_backend(model, runtime, "cpu", 64, "fp32").threads == 1
+    assert torch.get_num_threads() == before
+
+
+def test_cpu_label_counts_threads(monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert devices.label("cpu") == "CPU (1 thread)"
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert devices.label("cpu") == "CPU (2 threads)"
 
 
 def test_busy_cores_compete_while_timing_and_are_gone_after(env, tmp_path):

@@ -7,13 +7,37 @@ that decorator where the ``spaces`` package is present and is a no-op everywhere
 
 from __future__ import annotations
 
+import contextlib
 import os
+import platform
 from collections.abc import Callable
+from functools import lru_cache
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 
 T = TypeVar("T")
+
+
+#: The CPU features that decide which kernels the runtimes can use (``/proc/cpuinfo`` flags).
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_fp16")
+
+
+@lru_cache(maxsize=1)
+def cpu_info() -> dict[str, Any]:
+    """The CPU's model name, which of ``ISA_FLAGS`` it has and whether it is a virtual machine (Linux; elsewhere the
+    platform's name only): what decides whether a speed measured on one machine holds on another."""
+    cpu, flags = platform.processor() or platform.machine(), set()
+    with contextlib.suppress(OSError):
+        named = False
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and not named:
+                cpu, named = value.strip(), True
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    return {"cpu": cpu, "cpu_flags": [f for f in ISA_FLAGS if f in flags], "virtual_machine": "hypervisor" in flags}
 
 
 def on_zero_gpu() -> bool:

@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ import torch
 from torch import nn
 
 from ..inference.detector import Detector, normalise_device
-from ..inference.devices import keep_torch_threads
+from ..inference.devices import cpu_info, keep_torch_threads
 from ..inference.latency import Samples
 from ..inference.pipeline import run_video
 from ..inference.preprocess import check_imgsz
@@ -51,7 +52,10 @@ from ..inference.runtimes import (
     EXPORT_FORMATS,
     INT8,
     available_runtimes,
+    bench_runs,
+    calibration_available,
     default_rewrite,
+    int8_verdict,
     is_cuda,
     precisions,
     quiet_ultralytics,
@@ -68,8 +72,6 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 #: mAP50-95 a runtime may lose against PyTorch fp32 before the guard fails it (0.5 points).
 MAX_MAP_DROP = 0.005
-#: The CPU features that decide which kernels the runtimes can use (``/proc/cpuinfo`` flags), for the machine info.
-ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_fp16")
 #: Which peak a record's GFLOP/s is read against: its arithmetic (ONNX Runtime and PyTorch on the CPU run fp32).
 PEAK_OF = {"int8": "int8", "bf16": "bf16", "fp16": "bf16"}
 
@@ -102,24 +104,12 @@ def read_rgb(path: str | Path) -> np.ndarray:
     return np.ascontiguousarray(image[..., ::-1])
 
 
-def cpu_info() -> dict[str, Any]:
-    """The CPU's model name, its ``ISA_FLAGS`` and whether it is a virtual machine (Linux; the platform elsewhere)."""
-    cpu, flags = platform.processor() or platform.machine(), set()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and cpu == (platform.processor() or platform.machine()):
-                cpu = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
-    return {"cpu": cpu, "cpu_flags": [f for f in ISA_FLAGS if f in flags], "virtual_machine": "hypervisor" in flags}
-
-
+@lru_cache(maxsize=4)
 def peak_gflops(threads: int, seconds: float = 0.5, n: int = 1024) -> dict[str, float]:
     """Dense ``n``×``n`` matmul throughput in GFLOP/s (int8: GOP/s) through OpenVINO's CPU plugin, per arithmetic
     (``fp32``, ``bf16`` where the CPU has it, ``int8`` where NNCF is installed) on ``threads`` threads, and fp32 on
     one thread (``fp32_1thread``: two threads far short of twice that mean shared or contended cores): the
-    achievable peak that the runtimes' GFLOP/s are read against. About 5 s."""
+    achievable peak that the runtimes' GFLOP/s are read against. About 5 s, once per process and thread count."""
     try:
         import openvino as ov
         from openvino import opset13 as ops
@@ -139,9 +129,13 @@ def peak_gflops(threads: int, seconds: float = 0.5, n: int = 1024) -> dict[str, 
         import nncf
         from nncf.common.logging import nncf_logger
 
+        level = nncf_logger.level
         nncf_logger.setLevel(logging.ERROR)
-        with contextlib.redirect_stdout(io.StringIO()):
-            quantized = nncf.quantize(model, nncf.Dataset([data]), subset_size=1)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # NNCF's progress bars
+                quantized = nncf.quantize(model, nncf.Dataset([data]), subset_size=1)
+        finally:
+            nncf_logger.setLevel(level)
         todo.append(("int8", quantized, ov.Type.bf16 if openvino_cpu_bf16() else ov.Type.f32, threads))
     out = {}
     for name, m, hint, n_threads in todo:
@@ -267,9 +261,7 @@ def _bench(variants: list[str], runtimes: list[str], device: str, imgsz: int, ru
             detector = Detector(variant, device, runtime, imgsz, precision,
                                 rewrite=None if runtime == "ultralytics" else rewrite, allow_untrained=True)
             record.update(load_s=round(time.perf_counter() - t0, 2), trained=detector.trained,
-                          weights_sha256=detector.config.get("sha256"), image=image_path.name,
-                          auto=runtime == auto and precision == precisions(auto, device, variant)[0]
-                          and rewrite == default_rewrite(runtime))
+                          weights_sha256=detector.config.get("sha256"), image=image_path.name)
             samples = Samples(detector, rgb)
             samples.warm(warmup)
             live.append((record, samples))
@@ -321,7 +313,23 @@ def _bench(variants: list[str], runtimes: list[str], device: str, imgsz: int, ru
         machine["load_avg_1min_end"] = round(os.getloadavg()[0], 2)
     for record in records:
         record["machine"] = machine
+    _mark_auto(records, auto, device)
     return records
+
+
+def _mark_auto(records: list[dict[str, Any]], auto: str, device: str) -> None:
+    """Flag the record of ``auto``'s choice per variant, counting this run's own records as committed: where this
+    run earns int8 the default (``runtimes.int8_verdict``), the markdown's auto ratios are int8's, as ``auto`` will be
+    once the run is in ``docs/bench``."""
+    runs = [*bench_runs(), records]
+    for r in records:
+        default = precisions(auto, device, r["variant"])[0]
+        if (auto == "openvino" and "int8" in precisions(auto, device) and r.get("weights_sha256")
+                and int8_verdict(r["weights_sha256"], runs, cpu_flags=cpu_info()["cpu_flags"])
+                and calibration_available()):
+            default = "int8"
+        r["auto"] = (r["runtime"] == auto and r["precision"] == default and r["rewrite"] == default_rewrite(auto)
+                     and "error" not in r)
 
 
 def _throughput(record: dict[str, Any], peaks: dict[str, float]) -> dict[str, Any]:
@@ -331,7 +339,7 @@ def _throughput(record: dict[str, Any], peaks: dict[str, float]) -> dict[str, An
         return {}
     rate = record["gflops"] / record["inference_ms"] * 1000
     peak = peaks.get(PEAK_OF.get(record["precision"], "fp32"))
-    return {"gflops_per_s": round(rate, 1), **({"peak_share": round(rate / peak, 4)} if peak else {})}
+    return {"gflops_per_s": round(rate, 2), **({"peak_share": round(rate / peak, 4)} if peak else {})}
 
 
 def _label(record: dict[str, Any]) -> str:
@@ -472,7 +480,8 @@ def to_markdown(records: list[dict[str, Any]]) -> str:
     m, first = records[0]["machine"], records[0]
     device = first["device"]
     peaks = m.get("peak_gflops", {})
-    threads = f"{first['threads']} threads for every runtime" if first.get("threads") else "each runtime's threads"
+    n = first.get("threads")
+    threads = f"{n} thread{'' if n == 1 else 's'} for every runtime" if n else "each runtime's own threads"
     head = (f"Measured on **{where(records)}** ({device}), torch {m['torch']}, ultralytics {m.get('ultralytics', '–')}"
             f", ONNX Runtime {m.get('onnxruntime', '–')}, OpenVINO {m.get('openvino', '–')}; "
             f"load average {m.get('load_avg_1min', '–')} at the start, {m.get('load_avg_1min_end', '–')} at the end"
