@@ -20,7 +20,7 @@ def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("loadtest-app")
     (root / "gradio").mkdir()
     (root / "tmp").mkdir()
-    env = {"STARNET_WEIGHTS_DIR": str(boxy_weights(root / "weights", ("s1", "s2"))), "HF_HUB_OFFLINE": "1",
+    env = {"STARNET_WEIGHTS_DIR": str(boxy_weights(root / "weights", ("s1", "s2", "yolov8n"))), "HF_HUB_OFFLINE": "1",
            "GRADIO_EXAMPLES_CACHE": str(root / "examples-cache"), "GRADIO_TEMP_DIR": str(root / "gradio"),
            "TMPDIR": str(root / "tmp")}
     with serve_app(env) as server:

@@ -20,11 +20,13 @@ from app_support import write_video
 CHILD = """
 import json, resource, sys
 from starnet_demo.inference.detector import get_detector
-from starnet_demo.media.video import detect_video
+from starnet_demo.inference.video import detect_video
+from starnet_demo.viz.annotate import DetectionAnnotator
 
 detector = get_detector("s050", "cpu", "pytorch", imgsz=96)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-result = detect_video(sys.argv[1], detector, sys.argv[2], imgsz=96, track=True, max_seconds=600)
+result = detect_video(sys.argv[1], detector, sys.argv[2], imgsz=96, track=True, max_seconds=600,
+                      annotate=DetectionAnnotator(trace=True, rgb=False).annotate)
 print(json.dumps({"frames": result.frames, "seconds": result.seconds, "before_kb": before,
                   "peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
 """
