@@ -76,15 +76,6 @@ def why_no_gpu() -> str | None:
             "(no NVIDIA driver, or CUDA_VISIBLE_DEVICES hides them).")
 
 
-def keep_torch_threads(runner: Any) -> None:
-    """Hold this process's torch CPU threads through ``runner``'s (a ``YOLO``'s or a validator's) predict, val and
-    export. Ultralytics' ``select_device`` sets them to min(8, cores - 1) for the whole process whenever it predicts,
-    validates or exports: on a 2-core machine, one thread from then on, for every request served or runtime timed."""
-    threads = torch.get_num_threads()
-    for event in ("on_predict_start", "on_val_start", "on_export_end"):
-        runner.add_callback(event, lambda _: torch.set_num_threads(threads))
-
-
 def check(device: str) -> str:
     """``device`` itself if this machine has it, else a ``ValueError`` naming the ones it has."""
     if device not in available():

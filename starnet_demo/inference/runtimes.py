@@ -169,8 +169,9 @@ def check_precision(runtime: str, device: str, precision: str | None, variant: s
 def use_threads(threads: int | None) -> Iterator[None]:
     """Run PyTorch on ``threads`` threads, and build ONNX Runtime and OpenVINO backends for as many, for the block.
 
-    Each runtime otherwise picks its own count (and ultralytics resets PyTorch's, see ``devices.keep_torch_threads``),
-    so a comparison between runtimes would compare thread counts too. ``None`` changes nothing.
+    Each runtime otherwise picks its own count (and ultralytics resets PyTorch's, see
+    ``models.yolo.keep_torch_threads``), so a comparison between runtimes would compare thread counts too. ``None``
+    changes nothing.
     """
     global _threads
     if threads is None:

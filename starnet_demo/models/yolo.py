@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 from ultralytics import YOLO
 from ultralytics.nn.tasks import DetectionModel
 
-from ..inference.devices import keep_torch_threads
 from . import config
 from .backbone import StarNetBackbone
 
@@ -88,6 +88,15 @@ def as_yolo(model: DetectionModel) -> YOLO:
     yolo.ckpt = {"model": model}
     keep_torch_threads(yolo)
     return yolo
+
+
+def keep_torch_threads(runner: Any) -> None:
+    """Hold this process's torch CPU threads through ``runner``'s (a ``YOLO``'s or a validator's) predict, val and
+    export. Ultralytics' ``select_device`` sets them to min(8, cores - 1) for the whole process whenever it predicts,
+    validates or exports: on a 2-core machine, one thread from then on, for every request served or runtime timed."""
+    threads = torch.get_num_threads()
+    for event in ("on_predict_start", "on_val_start", "on_export_end"):
+        runner.add_callback(event, lambda _: torch.set_num_threads(threads))
 
 
 def forward_layers(model: DetectionModel, x: torch.Tensor, layers: Iterable[int]) -> list[torch.Tensor]:

@@ -9,7 +9,7 @@ Like for like: every runtime, ultralytics' ``predict`` included, computes on the
 (``runtimes.use_threads``; each record says how many its runtime used) after the same warm-up. Absolute figures
 depend on the machine far more than on anything here: on committed runs, S1 through ultralytics ``predict`` took
 60.9 ms end to end on an idle 2-core EPYC with two threads, 118.6 and 172 ms on EPYCs with the one thread that
-ultralytics' ``select_device`` used to leave (see ``devices.keep_torch_threads``), and 180.4 ms on a 2-vCPU Xeon
+ultralytics' ``select_device`` used to leave (see ``models.yolo.keep_torch_threads``), and 180.4 ms on a 2-vCPU Xeon
 that ran every runtime, OpenVINO and ONNX Runtime included, 2.6-3x slower than the EPYC; ``predict`` against our
 eager PyTorch in the same run stayed within 0.86-1.03x throughout. So each run records its CPU, its ISA flags and the
 dense matmul throughput it reaches (``peak_gflops``), each record its GFLOP/s, and the markdown states ratios within
@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from ..inference.detector import Detector, normalise_device
-from ..inference.devices import cpu_info, keep_torch_threads
+from ..inference.devices import cpu_info
 from ..inference.latency import Samples
 from ..inference.pipeline import run_video
 from ..inference.preprocess import check_imgsz
@@ -64,7 +64,7 @@ from ..inference.runtimes import (
 )
 from ..media.video import probe
 from ..models.rewrite import REWRITES
-from ..models.yolo import BASELINE
+from ..models.yolo import BASELINE, keep_torch_threads
 from ..training.data import held_out_view
 from ..viz.annotate import DetectionAnnotator
 
