@@ -66,20 +66,6 @@ def boxy_weights(folder: Path, variants: tuple[str, ...] = ("s1", "yolov8n")) ->
     return folder
 
 
-def write_y4m(path: Path, frames: int = 30, size: tuple[int, int] = (640, 480), fps: int = 20) -> Path:
-    """A Y4M clip (what Chromium's fake camera plays) of bus.jpg sliding sideways, 4:2:0."""
-    import cv2
-
-    w, h = size
-    src = np.asarray(Image.open(BUS).convert("RGB").resize((w + frames * 4, h)))
-    with open(path, "wb") as f:
-        f.write(f"YUV4MPEG2 W{w} H{h} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
-        for i in range(frames):
-            rgb = np.ascontiguousarray(src[:, i * 4: i * 4 + w])
-            f.write(b"FRAME\n" + cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420).tobytes())
-    return path
-
-
 def png_header_only(path: Path, width: int, height: int) -> Path:
     """A PNG that claims ``width``×``height`` (e.g. 20000×20000) but holds a 1×1 image: refused before decoding."""
     import io

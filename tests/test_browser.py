@@ -12,22 +12,19 @@ from __future__ import annotations
 import io
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from app_support import BUS, ROOT, boxy_weights, serve, stream_webcam, write_y4m
+from app_support import BUS, ROOT, boxy_weights, serve, stream_webcam
 from PIL import Image
 from playwright.sync_api import sync_playwright
 
-CHROMIUM = Path("/usr/bin/chromium")
+from starnet_demo.tools.appfps import CHROMIUM, FLAGS, write_y4m
+
 pytestmark = pytest.mark.skipif(not CHROMIUM.is_file(), reason="Debian's chromium is missing: apt-get install chromium")
 
 ARTIFACTS = ROOT / "artifacts" / "browser"
-FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
 VARIANTS = [v.strip() for v in os.environ.get("STARNET_WEBCAM_VARIANTS", "s1").split(",") if v.strip()]
 STREAM_S = 10.0  # how long the webcam test streams
 BOX_RGB = np.array([163, 81, 251])  # supervision's default colour for class 0 ("person"), the class boxy_weights makes
@@ -43,7 +40,7 @@ def url(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    camera = write_y4m(tmp_path_factory.mktemp("camera") / "street.y4m")
+    camera = write_y4m(tmp_path_factory.mktemp("camera") / "street.y4m", frames=30)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         chromium = p.chromium.launch(executable_path=str(CHROMIUM),

@@ -23,7 +23,7 @@ from PIL import Image
 from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
 
 from starnet_demo import build_model
-from starnet_demo.explain import cam, swap
+from starnet_demo.explain import cam, swap, toy
 from starnet_demo.inference.detector import clear_detectors, get_detector
 from starnet_demo.media.sinks import DetectionFiles
 from starnet_demo.models.backbone import blocks
@@ -221,6 +221,7 @@ def test_toy_sweep_reads_the_committed_cells(tmp_path, monkeypatch):
     (tmp_path / "toy.json").write_text(json.dumps({"cells": [
         {"dataset": "moons", "width": 4, "depth": 1, "star_acc": 0.9, "sum_acc": 0.8},
         {"dataset": "moons", "width": 4, "depth": 2, "star_acc": 0.7, "sum_acc": 0.6}]}))
+    monkeypatch.setattr(toy, "MEASURED", tmp_path / "toy.json")
     monkeypatch.setattr(swap, "MEASURED", tmp_path / "star-vs-sum.json")
     assert handlers.toy_sweep("moons", 1).to_dict("records") == [
         {"width": 4, "fusion": "star", "accuracy": 0.9}, {"width": 4, "fusion": "sum", "accuracy": 0.8}]

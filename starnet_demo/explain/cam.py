@@ -21,7 +21,7 @@ from ultralytics.nn.modules import SPPF
 from ultralytics.nn.tasks import DetectionModel
 
 from ..inference.detector import Detector
-from ..inference.preprocess import check_imgsz, content_box, letterbox, to_tensor
+from ..inference.preprocess import square
 
 LAYERS = ("neck", "sppf")
 
@@ -81,18 +81,16 @@ def eigencam(detector: Detector, image: np.ndarray, layer: str = "neck", conf: f
              imgsz: int | None = None, classes: list[int] | None = None) -> Cam:
     """EigenCAM of the detector's PyTorch model on an RGB image (square letterbox, as ``Detector.detect``); the map
     is cropped to the picture and resized to the image, so it lies over the image as its boxes do."""
-    size = check_imgsz(imgsz or detector.imgsz)
-    boxed = letterbox(image, size)
+    sq = square(image, imgsz or detector.imgsz)
     with detector.pytorch() as model, torch.no_grad():
-        p = next(model.parameters())
         cam = EigenCAM(Predictions(model), target_layers(model, layer))
         try:
-            heat = cam(to_tensor(boxed).to(p.device, p.dtype), targets=None)[0]
+            heat = cam(sq.tensor(model), targets=None)[0]
             preds = cam.outputs
         finally:
             cam.activations_and_grads.release()  # not ``with``: its __exit__ swallows IndexError
-    top, left, h, w = content_box(image.shape[:2], size)
+    top, left, h, w = sq.box
     heat = cv2.resize(heat[top: top + h, left: left + w], (image.shape[1], image.shape[0]),
                       interpolation=cv2.INTER_LINEAR)
     heat = (heat - heat.min()) / (np.ptp(heat) or 1.0)  # over the picture, not its padding
-    return Cam(heat, detector.to_detections(preds, (size, size), image.shape[:2], conf, iou, classes))
+    return Cam(heat, detector.to_detections(preds, (sq.size, sq.size), image.shape[:2], conf, iou, classes))

@@ -23,7 +23,7 @@ import supervision as sv
 import torch
 
 from ..inference.detector import Detector
-from ..inference.preprocess import check_imgsz, content_box, letterbox, to_tensor
+from ..inference.preprocess import square
 from ..models.backbone import get_variant
 from ..models.star import StarMaps, capture_star, swapped_to_sum
 
@@ -92,20 +92,18 @@ def star_vs_sum(detector: Detector, image: np.ndarray, scopes: str | Sequence[st
     """Detect in an RGB image twice with the detector's PyTorch model, as trained and with the sum swapped into
     ``scopes``, recording ``block``'s maps both times (square letterbox, as ``Detector.detect`` does it)."""
     keys = swap_keys(detector.variant, scopes)
-    size = check_imgsz(imgsz or detector.imgsz)
-    boxed = letterbox(image, size)
+    sq = square(image, imgsz or detector.imgsz)
+    size = sq.size
     passes = {}
     with detector.pytorch() as model:
-        p = next(model.parameters())
-        x = to_tensor(boxed).to(p.device, p.dtype)
+        x = sq.tensor(model)
         for fusion in FUSIONS:
             with swapped_to_sum(model, keys if fusion == "sum" else []):
                 preds, maps = capture_star(model, x, keys=[str(block)])
             passes[fusion] = (preds, maps[str(block)])
-    top, left, h, w = box = content_box(image.shape[:2], size)
     out = {f: Pass(f, detector.to_detections(preds, (size, size), image.shape[:2], conf, iou, classes),
-                   maps.crop(box, (size, size))) for f, (preds, maps) in passes.items()}
-    return StarVsSum(boxed[top: top + h, left: left + w], keys, str(block), out["star"], out["sum"])
+                   maps.crop(sq.box, (size, size))) for f, (preds, maps) in passes.items()}
+    return StarVsSum(sq.picture, keys, str(block), out["star"], out["sum"])
 
 
 @contextmanager

@@ -22,6 +22,7 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -36,6 +37,7 @@ FUSIONS: tuple[str, ...] = ("star", "sum")
 # what a net too narrow to draw it reaches.
 DEFAULT_NOISE: dict[str, float] = {"moons": 0.15, "circles": 0.08, "spirals": 0.05}
 DATASETS: tuple[str, ...] = tuple(DEFAULT_NOISE)
+MEASURED = Path(__file__).resolve().parents[2] / "docs" / "explain" / "toy.json"  # the committed sweep
 DEFAULT_N = 600
 DEFAULT_STEPS = 1000
 DEFAULT_LR = 1e-2
@@ -343,7 +345,6 @@ def format_table(result: dict) -> str:
 if __name__ == "__main__":
     import argparse
     import json
-    from pathlib import Path
 
     parser = argparse.ArgumentParser(description="Sweep star vs sum fusion on 2D toy sets; write the result as JSON.")
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write, e.g. docs/explain/toy.json")

@@ -29,7 +29,7 @@ from ..models.star import StarMaps, capture_star
 from ..models.yolo import as_yolo, build_model
 from ..weights.files import WeightsError, load_weights
 from ..weights.hub import resolve
-from .preprocess import Shape, check_imgsz, content_box, letterbox, rect_shape, to_tensor
+from .preprocess import Shape, check_imgsz, letterbox, rect_shape, square
 from .runtimes import Backend, Progress, check_precision, default_rewrite, is_cuda, load_backend, resolve_runtime
 
 
@@ -171,13 +171,10 @@ class Detector:
         letterboxed as ``detect`` does it: the picture without its padding, and the maps over that picture. It runs
         the PyTorch model, which every detector keeps whatever its runtime."""
         _check_rgb(image)
-        size = check_imgsz(imgsz or self.imgsz)
-        boxed = letterbox(image, size)
-        p = next(self.model.parameters())
-        with self._lock:
-            _, maps = capture_star(self.model, to_tensor(boxed).to(p.device, p.dtype), keys=[str(block)])
-        top, left, h, w = box = content_box(image.shape[:2], size)
-        return boxed[top: top + h, left: left + w], maps[str(block)].crop(box, (size, size))
+        sq = square(image, imgsz or self.imgsz)
+        with self.pytorch() as model:
+            _, maps = capture_star(model, sq.tensor(model), keys=[str(block)])
+        return sq.picture, maps[str(block)].crop(sq.box, (sq.size, sq.size))
 
     @contextmanager
     def pytorch(self) -> Iterator[DetectionModel]:

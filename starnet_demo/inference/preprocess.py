@@ -7,6 +7,8 @@ the padded shape, so that maps computed on the letterbox can be cropped back to 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from ultralytics.data.augment import LetterBox
@@ -50,3 +52,33 @@ def content_box(shape_hw: Shape, imgsz: int | Shape) -> tuple[int, int, int, int
     r = min(th / h, tw / w)
     nh, nw = round(h * r), round(w * r)
     return round((th - nh) / 2 - 0.1), round((tw - nw) / 2 - 0.1), nh, nw
+
+
+@dataclass(frozen=True)
+class Square:
+    """An image letterboxed to an ``imgsz`` square, as ``Detector.detect`` sees it, and where the picture sits in it:
+    the input of the views that run a detector's PyTorch model themselves (star maps, star or sum, CAM)."""
+
+    image: np.ndarray
+    box: tuple[int, int, int, int]  # content_box: top, left, height, width
+
+    @property
+    def size(self) -> int:
+        return self.image.shape[0]
+
+    @property
+    def picture(self) -> np.ndarray:
+        """The letterboxed image without its padding."""
+        top, left, h, w = self.box
+        return self.image[top: top + h, left: left + w]
+
+    def tensor(self, model: torch.nn.Module) -> torch.Tensor:
+        """``to_tensor`` on ``model``'s device and in its dtype."""
+        p = next(model.parameters())
+        return to_tensor(self.image).to(p.device, p.dtype)
+
+
+def square(image: np.ndarray, imgsz: int) -> Square:
+    """``image`` letterboxed to a square of ``imgsz`` (checked and rounded up to the stride)."""
+    size = check_imgsz(imgsz)
+    return Square(letterbox(image, size), content_box(image.shape[:2], size))

@@ -29,11 +29,23 @@ def check_variant(variant: object) -> str:
     return name
 
 
-def check_fraction(name: str, value: object) -> float:
+def check_number(name: str, value: object, lo: float, hi: float) -> float:
+    """A finite number from ``lo`` to ``hi`` (booleans and NaN refused), or a ``ValueError`` naming the setting."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be a number from 0 to 1, got {value!r:.40}")
+            or not lo <= value <= hi:
+        raise ValueError(f"{name} must be a number from {lo} to {hi}, got {value!r:.40}")
     return float(value)
+
+
+def check_int(name: str, value: object, lo: int, hi: int) -> int:
+    """A whole number from ``lo`` to ``hi`` (a Slider may send 8.0), or a one-line ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi or value != int(value):
+        raise ValueError(f"{name} must be a whole number from {lo} to {hi}, got {value!r:.40}")
+    return int(value)
+
+
+def check_fraction(name: str, value: object) -> float:
+    return check_number(name, value, 0, 1)
 
 
 def check_settings(variant: object, device: object, conf: object, iou: object, imgsz: object) -> Settings:

@@ -29,7 +29,7 @@ from ..inference import devices
 from ..inference.detector import Detector, get_detector
 from ..inference.latency import measure
 from ..inference.runtimes import unavailable_reason
-from ..inference.settings import Settings, check_runtime, check_settings, class_ids
+from ..inference.settings import Settings, check_int, check_number, check_runtime, check_settings, class_ids
 from ..inference.video import detect_video
 from ..media.images import ImageError, read_image
 from ..media.sinks import DetectionFiles
@@ -110,13 +110,6 @@ def load_detector(variant: str, device: str, runtime: str = "auto") -> Detector:
 def detection_files() -> DetectionFiles:
     """A CSV and a JSON file for a request's detections, in the app's results folder."""
     return DetectionFiles(output_path("-detections.csv"), output_path("-detections.json"))
-
-
-def check_int(name: str, value: Any, lo: int, hi: int) -> int:
-    """A whole number from ``lo`` to ``hi`` (a Slider may send 8.0), or a one-line ``ValueError``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi or value != int(value):
-        raise ValueError(f"{name} must be a whole number from {lo} to {hi}, got {value!r:.40}")
-    return int(value)
 
 
 def check_models(variants: Any, extra: tuple[str, ...] = ()) -> list[str]:
@@ -235,10 +228,9 @@ def latency(image, variants, device, imgsz, runs=10, baseline=True, conf=0.25, i
     """Time each selected model (and the YOLOv8n reference) on one image: table, stage bar plot, accuracy against
     latency, annotated gallery, JSON. Each row carries the model's recorded held-out mAP50."""
     models = check_models(variants, (BASELINE,) if baseline else ())
-    if isinstance(runs, bool) or not isinstance(runs, (int, float)) or not 1 <= runs <= 100:  # also refuses NaN
-        raise gr.Error(f"runs must be a number from 1 to 100, got {runs!r:.40}")
     results, shots = [], []
     with user_errors(image):
+        runs = check_number("runs", runs, 1, 100)
         runtime = check_runtime(runtime, device)
         rgb = load_image(image)
         for model in models:
@@ -280,8 +272,7 @@ def star_maps(image, variant, block, imgsz=640, top_k=3, device="cpu"):
     with user_errors(image):
         s = check_settings(variant, device, 0.25, 0.45, imgsz)
         block = check_block(s.variant, block)
-        if isinstance(top_k, bool) or not isinstance(top_k, (int, float)) or not 1 <= top_k <= 16:
-            raise ValueError(f"top channels must be a number from 1 to 16, got {top_k!r:.40}")
+        top_k = check_number("top channels", top_k, 1, 16)
         rgb = load_image(image)
         # the hooks need the PyTorch model, which every detector keeps
         (boxed, maps), _ = on_device(s, "pytorch", lambda det: det.star_maps(rgb, block, s.imgsz))
@@ -346,8 +337,7 @@ def star_toy(dataset, width=8, depth=2, seed=0):
 def toy_sweep(dataset: str, depth: int) -> pd.DataFrame:
     """Mean test accuracy by width and fusion for one set and depth, from the committed sweep
     (``docs/explain/toy.json``); empty where it has no such cells."""
-    path = swap.MEASURED.with_name("toy.json")
-    cells = json.loads(path.read_text())["cells"] if path.is_file() else []
+    cells = json.loads(toy.MEASURED.read_text())["cells"] if toy.MEASURED.is_file() else []
     return pd.DataFrame([{"width": c["width"], "fusion": f, "accuracy": c[f"{f}_acc"]} for c in cells
                          if c["dataset"] == dataset and c["depth"] == depth for f in ("star", "sum")],
                         columns=["width", "fusion", "accuracy"])
