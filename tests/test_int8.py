@@ -124,7 +124,7 @@ def test_the_bench_flags_int8_as_auto_where_its_own_records_earn_it(env, monkeyp
     """The markdown's auto ratios are those of what ``auto`` will run once the run is committed."""
     from starnet_demo.tools import bench
 
-    monkeypatch.setattr(bench, "bench_runs", lambda: [])
+    monkeypatch.setattr(runtimes, "bench_runs", lambda: [])
     monkeypatch.setattr(runtimes, "openvino_cpu_bf16", lambda: True)
 
     def run(int8_ms: float) -> list[dict]:

@@ -27,7 +27,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -328,15 +328,21 @@ def int8_verdict(sha256: str, runs: list[list[dict[str, Any]]], recipe: Int8Reci
     return judged and faster
 
 
-def int8_default(variant: str) -> bool:
-    """int8 leads for ``variant`` where its shipped weights earned it on a CPU like this one (``int8_verdict`` on the
-    committed runs) and calibration images are here to build it; otherwise the float default stays (a fresh clone
-    has no images)."""
+def int8_earned(sha256: str, extra_runs: Iterable[list[dict[str, Any]]] = ()) -> bool:
+    """Whether int8 leads for these weights on this machine: the committed runs (with ``extra_runs``, a benchmark
+    judging its own records) earned it on a CPU with this one's ISA flags (``int8_verdict``), and calibration images
+    are here to build it (a fresh clone has none)."""
     from .devices import cpu_info
 
+    runs = [*bench_runs(), *extra_runs]
+    return int8_verdict(sha256, runs, cpu_flags=cpu_info()["cpu_flags"]) and calibration_available()
+
+
+def int8_default(variant: str) -> bool:
+    """int8 leads for ``variant`` where its shipped weights earned it (``int8_earned``); otherwise the float default
+    stays."""
     sha = shipped_sha256(variant)
-    return (bool(sha) and int8_verdict(sha, bench_runs(), cpu_flags=cpu_info()["cpu_flags"])
-            and calibration_available())
+    return bool(sha) and int8_earned(sha)
 
 
 # ----------------------------------------------------------------------------------------------------- export cache

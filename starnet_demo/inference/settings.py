@@ -44,14 +44,10 @@ def check_int(name: str, value: object, lo: int, hi: int) -> int:
     return int(value)
 
 
-def check_fraction(name: str, value: object) -> float:
-    return check_number(name, value, 0, 1)
-
-
 def check_settings(variant: object, device: object, conf: object, iou: object, imgsz: object) -> Settings:
     """Validated, normalised settings (the image size rounded up to the stride, as ultralytics does)."""
-    return Settings(check_variant(variant), devices.check(str(device)), check_fraction("confidence", conf),
-                    check_fraction("IoU", iou), check_imgsz(imgsz))
+    return Settings(check_variant(variant), devices.check(str(device)), check_number("confidence", conf, 0, 1),
+                    check_number("IoU", iou, 0, 1), check_imgsz(imgsz))
 
 
 def check_runtime(runtime: object, device: str) -> str:

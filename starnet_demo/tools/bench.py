@@ -52,10 +52,8 @@ from ..inference.runtimes import (
     EXPORT_FORMATS,
     INT8,
     available_runtimes,
-    bench_runs,
-    calibration_available,
     default_rewrite,
-    int8_verdict,
+    int8_earned,
     is_cuda,
     precisions,
     quiet_ultralytics,
@@ -319,15 +317,12 @@ def _bench(variants: list[str], runtimes: list[str], device: str, imgsz: int, ru
 
 def _mark_auto(records: list[dict[str, Any]], auto: str, device: str) -> None:
     """Flag the record of ``auto``'s choice per variant, counting this run's own records as committed: where this
-    run earns int8 the default (``runtimes.int8_verdict``), the markdown's auto ratios are int8's, as ``auto`` will be
+    run earns int8 the default (``runtimes.int8_earned``), the markdown's auto ratios are int8's, as ``auto`` will be
     once the run is in ``docs/bench``."""
-    runs = [*bench_runs(), records]
     for r in records:
-        default = precisions(auto, device, r["variant"])[0]
-        if (auto == "openvino" and "int8" in precisions(auto, device) and r.get("weights_sha256")
-                and int8_verdict(r["weights_sha256"], runs, cpu_flags=cpu_info()["cpu_flags"])
-                and calibration_available()):
-            default = "int8"
+        supported = precisions(auto, device, r["variant"])
+        earned = "int8" in supported and r.get("weights_sha256") and int8_earned(r["weights_sha256"], [records])
+        default = "int8" if earned else supported[0]
         r["auto"] = (r["runtime"] == auto and r["precision"] == default and r["rewrite"] == default_rewrite(auto)
                      and "error" not in r)
 
