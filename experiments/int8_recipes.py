@@ -2,7 +2,7 @@
 
 Two ways, on one variant's weights (``weights/``):
 
-- ``--recipes a,b,…``: quantize with each recipe (``RECIPES`` below; ``runtimes.INT8`` is the one shipped) on
+- ``--recipes a,b,…``: quantize with each recipe (``RECIPES`` below; ``int8.INT8`` is the one shipped) on
   ``--images`` distill images and measure held-out mAP50-95 exactly as ``bench --accuracy`` does (``bench._map``:
   the validator at 640 px, batch 1, through the runtime), beside OpenVINO fp32 and bf16. ``--f32`` runs the float
   parts of the int8 model in f32 instead of bf16.
@@ -42,16 +42,12 @@ import numpy as np
 import torch
 import yaml
 
-from starnet_demo.inference import runtimes
-from starnet_demo.inference.detector import Detector, load_model
-from starnet_demo.inference.runtimes import (
-    INT8,
-    Int8Recipe,
-    OpenVINOBackend,
-    calibration_blob,
-    calibration_files,
-    export,
-)
+from starnet_demo.inference import int8, runtimes
+from starnet_demo.inference.backends import OpenVINOBackend, load_backend
+from starnet_demo.inference.detector import POOL, Detector, load_model
+from starnet_demo.inference.exports import export
+from starnet_demo.inference.int8 import INT8, Int8Recipe, calibration_blob, calibration_files
+from starnet_demo.inference.spec import resolve_spec
 from starnet_demo.tools.bench import _map
 from starnet_demo.training.data import held_out_view
 from starnet_demo.training.evaluate import images_map
@@ -80,10 +76,11 @@ def recipe_map(variant: str, name: str, images: int, views: dict[str, str]) -> d
     if name in ("fp32", "bf16"):
         precision = name
     else:
-        runtimes.INT8 = dataclasses.replace(RECIPES[name], images=images)
+        int8.INT8 = dataclasses.replace(RECIPES[name], images=images)
+        POOL.clear()  # backends are pooled per spec and shape, not per recipe
         precision = "int8"
     t0 = time.time()
-    detector = Detector(variant, "cpu", "openvino", 640, precision)
+    detector = Detector(resolve_spec(variant, "cpu", "openvino", 640, precision))
     build = round(time.time() - t0, 1)
     return {"variant": variant, "recipe": name, "images": images if precision == "int8" else None,
             **{f"map50_95_{split}": _map(detector, view, 640) for split, view in views.items()}, "build_s": build}
@@ -130,10 +127,10 @@ def image_stats(pred: torch.Tensor, path: Path) -> dict:
 def paired_se(variant: str, name: str, images: int, resamples: int = 300) -> dict:
     """The bootstrap standard error of (int8 - fp32) mAP50-95 over the held-out images, both models on the same
     resamples: how far the guard's one figure would move on another 128 images like these."""
-    from starnet_demo.inference.runtimes import load_backend
 
-    model, _ = load_model(variant)
-    runtimes.INT8 = dataclasses.replace(RECIPES[name], images=images)
+    model, _ = load_model(resolve_spec(variant, "cpu", "openvino"))
+    int8.INT8 = dataclasses.replace(RECIPES[name], images=images)
+    POOL.clear()  # backends are pooled per spec and shape, not per recipe
     val = sorted(VAL.glob("*.jpg"))
     per = {p: [image_stats(b(calibration_blob(f, SHAPE)), f) for f in val]
            for p, b in (("fp32", load_backend(model, "openvino", "cpu", 640, "fp32")),
@@ -151,7 +148,7 @@ def accuracy_control(variant: str, images: int, max_drop: float, iterations: int
     import nncf
     import openvino as ov
 
-    model, _ = load_model(variant)
+    model, _ = load_model(resolve_spec(variant, "cpu", "openvino"))
     fp32 = ov.Core().read_model(str(export(model, "openvino", 640, "fp32")))
 
     def validate(compiled, items) -> tuple[float, None]:
@@ -199,8 +196,9 @@ def main() -> None:
     with held_out_view(DATA) as val, train_as_val() as train, open(out, "a") as log:
         if args.accuracy_control:
             found = accuracy_control(args.variant, args.images, args.max_drop, args.iterations, out.parent / "ac")
-            detector = Detector(args.variant, "cpu", "openvino", 640, "fp32")
-            detector._backends[SHAPE] = OpenVINOBackend(Path(found["ir"]), "int8")  # the guard's protocol on it
+            detector = Detector(resolve_spec(args.variant, "cpu", "openvino", 640, "fp32"))
+            POOL.discard((detector.spec, SHAPE))  # the guard's protocol on the found IR:
+            POOL.get((detector.spec, SHAPE), lambda: OpenVINOBackend(Path(found["ir"]), "int8"))
             results = [{**found, **{f"map50_95_{split}": _map(detector, view, 640)
                                     for split, view in (("val", val), ("train", train))}}]
         elif args.paired_se:

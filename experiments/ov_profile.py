@@ -17,8 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from starnet_demo.inference.backends import OpenVINOBackend
 from starnet_demo.inference.detector import load_model
-from starnet_demo.inference.runtimes import OpenVINOBackend, export
+from starnet_demo.inference.exports import export
+from starnet_demo.inference.spec import resolve_spec
 from starnet_demo.models.yolo import ADAPTER_LAYERS, BASELINE, TEACHER_FIRST_SHARED, TEACHER_OFFSET
 from starnet_demo.tools.bench import machine_info
 
@@ -48,7 +50,7 @@ def part(node: str, starnet: bool) -> str:
 
 
 def profile(variant: str, precision: str, imgsz: int, runs: int) -> dict[str, float]:
-    model, _ = load_model(variant, allow_untrained=True)
+    model, _ = load_model(resolve_spec(variant, "cpu", "openvino", imgsz, allow_untrained=True))
     backend = OpenVINOBackend(export(model, "openvino", imgsz), precision, {"PERF_COUNT": True})
     x = np.random.rand(1, 3, imgsz, imgsz).astype(np.float32)
     for _ in range(5):

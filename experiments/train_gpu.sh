@@ -2,7 +2,8 @@
 # The recipe that trained weights/ on one GPU: distil the StarNet backbone onto the teacher's P3/P4/P5 maps (teacher's
 # SPPF/neck/head frozen). A fine-tune stage after it (STAGES=distill,finetune) lowered S1's held-out mAP50 from 0.337
 # to 0.251, so it is off by default. Every stage is `python -m starnet_demo train`; the held-out coco-mini val split is
-# only ever evaluated.
+# only ever evaluated. This needs ../shared on the GPU machine; the device tool sends 64 MiB at most, so there use
+# the training bundle instead (`python -m starnet_demo bundle`, docs/training.md).
 #   ROOT      datasets folder (coco-mini, distill, optional distill-extra)  [../shared/datasets]
 #   TEACHER   YOLOv8n state dict (safetensors)                              [../shared/teachers/yolov8n-coco.safetensors]
 #   PLAN      "variants:minutes" groups, one python process each; minutes per stage, comma-separated

@@ -27,6 +27,7 @@ from starnet_demo.tools.loadtest import free_port
 from starnet_demo.weights.files import save_weights
 
 ROOT = Path(__file__).resolve().parent.parent
+CLIP_FRAMES = 8  # of conftest's ``clip``
 EXAMPLES = ROOT / "examples"
 BUS = EXAMPLES / "bus.jpg"
 
@@ -64,6 +65,18 @@ def boxy_weights(folder: Path, variants: tuple[str, ...] = ("s1", "yolov8n")) ->
             model.model[-1].cv3[-1][-1].bias[0] = 0.0
         save_weights(model, folder, meta={"recipe": "test: random init, person bias on P5"})
     return folder
+
+
+def server_env(root: Path, variants: tuple[str, ...] = ("s1", "yolov8n")) -> dict[str, str]:
+    """The environment of ``app.py`` served in its own process (``tools.loadtest.serve_app``) under ``root``: a
+    private Gradio cache and temporary folder (so that what a request leaves behind can be counted), ``boxy_weights``
+    of ``variants``, its own examples cache, and the Hub left alone."""
+    dirs = {"GRADIO_TEMP_DIR": root / "gradio", "TMPDIR": root / "tmp"}
+    for d in dirs.values():
+        d.mkdir(parents=True, exist_ok=True)
+    return {**{k: str(v) for k, v in dirs.items()}, "HF_HUB_OFFLINE": "1",
+            "STARNET_WEIGHTS_DIR": str(boxy_weights(root / "weights", variants)),
+            "GRADIO_EXAMPLES_CACHE": str(root / "examples-cache")}
 
 
 def png_header_only(path: Path, width: int, height: int) -> Path:

@@ -313,7 +313,7 @@ def upload(url: str, path: Path) -> dict:
 
 def queue_call(client: Client, api_name: str, *args, timeout_s: float = 120) -> tuple[bool, Any, list[str]]:
     """One event through Gradio's queue protocol, as the browser sends it: (success, output data or error message,
-    warnings shown). A streaming event stops at its first output."""
+    warnings shown). A streaming event stops at its first output; a generating one (the video) at its last."""
     url = client.src if client.src.endswith("/") else client.src + "/"
     dep = next(d for d in client.config["dependencies"] if d.get("api_name") == api_name.lstrip("/"))
     kinds = {c["id"]: c["type"] for c in client.config["components"]}
@@ -333,7 +333,7 @@ def queue_call(client: Client, api_name: str, *args, timeout_s: float = 120) -> 
                 msg = json.loads(line[5:])
                 if msg["msg"] == "log" and msg.get("level") == "warning":
                     warnings.append(msg.get("log"))
-                elif msg["msg"] in ("process_completed", "process_streaming", "process_generating"):
+                elif msg["msg"] in ("process_completed", "process_streaming"):
                     if msg["msg"] == "process_streaming":  # free the stream's slot now, not at its time limit
                         http.post(f"{url}gradio_api/stream/{event_id}/close")
                     out = msg.get("output") or {}

@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny synthetic detection dataset, a real photo, a random YOLOv8n teacher, random weights.
+"""Shared fixtures: a tiny synthetic detection dataset, a real photo, a short clip, a random YOLOv8n teacher, random
+weights, one intra-op thread, a Hub stand-in holding a release.
 
 Everything is made here, in temporary folders, so the suite runs from a clean clone with no ``../shared`` and no
 network.
@@ -20,6 +21,9 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
+from app_support import CLIP_FRAMES, write_video  # noqa: E402
+from hub_server import HubServer  # noqa: E402
+from huggingface_hub import constants  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 from ultralytics.utils import ASSETS  # noqa: E402
 
@@ -28,6 +32,19 @@ from starnet_demo.models.yolo import BASELINE, COCO_NAMES, build_model  # noqa: 
 from starnet_demo.weights.files import save_weights  # noqa: E402
 
 SHAPE_NAMES = {0: "rectangle", 1: "ellipse"}
+
+# Modules whose tests train models, install the package, drive Chromium, serve the app in a process of its own, export
+# every runtime or run long clips: all marked ``slow``. A plain ``pytest`` leaves them out (pyproject's ``addopts``),
+# for a quick run while developing; CI and the README's test command pass ``-m ""`` and run everything. Slow tests
+# in other modules carry ``@pytest.mark.slow`` themselves.
+SLOW_MODULES = {"test_appfps", "test_bad_input", "test_browser", "test_bundle", "test_int8", "test_loadtest",
+                "test_packaging", "test_runtimes", "test_space", "test_train", "test_video_memory"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.stem in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
 
 
 def make_shapes_dataset(root: Path, n_images: int = 8, size: int = 160, seed: int = 0) -> Path:
@@ -94,6 +111,22 @@ def bus_tensor(bus_path) -> torch.Tensor:
 
 
 @pytest.fixture(scope="session")
+def clip(tmp_path_factory) -> Path:
+    """A ``CLIP_FRAMES``-frame 320×240 H.264 clip panning across bus.jpg (``app_support.write_video``)."""
+    return write_video(tmp_path_factory.mktemp("clip") / "clip.mp4", frames=CLIP_FRAMES)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread, as ``app.py`` runs each worker: with two on a busy two-core machine every small op waits
+    on the other thread (the toy's training steps run 30 times slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
 def teacher_file(tmp_path_factory) -> Path:
     """A random YOLOv8n (80 classes) fp32 state dict in safetensors, laid out like the real COCO teacher: every
     BatchNorm folded to identity plus bias (weight 1, mean 0, variance 1 - eps)."""
@@ -126,3 +159,22 @@ def random_weights(tmp_path_factory) -> Callable[[Iterable[str]], Path]:
         return folder
 
     return make
+
+
+HUB_REPO = "test-org/yolov8-starnet"
+
+
+@pytest.fixture
+def hub(monkeypatch, release):
+    """A Hub stand-in on 127.0.0.1 (``hub_server.HubServer``) with the requesting module's ``release`` folder
+    committed on ``main`` and tagged ``v1``, and the environment pointing the package at it (``HUB_REPO`` pinned at
+    ``v1``, online)."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    with HubServer() as server:
+        server.commit(HUB_REPO, {p.name: p.read_bytes() for p in sorted(release.iterdir())}, message="release")
+        server.tag(HUB_REPO, "v1")
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        monkeypatch.setenv("STARNET_HUB_REPO", HUB_REPO)
+        monkeypatch.setenv("STARNET_HUB_REVISION", "v1")
+        yield server

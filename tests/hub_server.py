@@ -3,9 +3,11 @@
 - Download (``hf_hub_download``): ``HEAD``/``GET /{repo}/resolve/{revision}/{path}`` with ``X-Repo-Commit`` and
   ``ETag``. ``*.safetensors`` are served the way the Hub serves LFS files: a redirect to another host (``localhost``
   standing in for the CDN) carrying ``X-Linked-Etag`` (the sha256) and ``X-Linked-Size``.
-- Upload (``create_repo``, ``upload_folder``, ``create_tag``): ``/api/repos/create``, ``/api/models/{repo}/preupload``,
-  ``/api/models/{repo}/commit`` (NDJSON), ``/api/models/{repo}/tag``. Preupload answers ``regular`` for every file,
-  so contents arrive base64 in the commit; the Hub would move large files through Xet storage, not emulated here.
+- Upload (``create_repo``, ``upload_folder``, ``create_commit``, ``create_tag``): ``/api/repos/create``,
+  ``/api/{models,spaces}/{repo}/preupload``, ``…/commit`` (NDJSON), ``…/tag``. Preupload answers ``regular`` for
+  every file, so contents arrive base64 in the commit; the Hub would move large files through Xet storage, not
+  emulated here. ``list_repo_files``: ``GET /api/{models,spaces}/{repo}/tree/{revision}`` (one page).
+  A repo's type and SDK are kept (``created``), not acted on: no Space is built or run.
 
 Repos live in memory as commits; ``tamper`` corrupts what is served while keeping the advertised hashes, as a
 man-in-the-middle or a corrupted CDN object would. Errors carry the Hub's ``X-Error-Code`` so the client raises its
@@ -24,7 +26,8 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 RESOLVE = re.compile(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$")
-API = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)/(?P<op>preupload|commit|tag)/(?P<rev>[^/]+)$")
+API = re.compile(r"^/api/(?:models|spaces)/(?P<repo>[^/]+/[^/]+)/(?P<op>preupload|commit|tag)/(?P<rev>[^/]+)$")
+TREE = re.compile(r"^/api/(?:models|spaces)/(?P<repo>[^/]+/[^/]+)/tree/(?P<rev>[^/]+)$")
 LFS_SUFFIXES = (".safetensors",)
 
 
@@ -39,6 +42,7 @@ class HubServer:
         self.repos: dict[str, dict[str, Any]] = {}  # repo_id -> {"refs": {name: oid}, "commits": {oid: files}}
         self.tampered: dict[str, bytes] = {}  # sha256 of a file -> the bytes served instead
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request received
+        self.created: dict[str, dict[str, Any]] = {}  # repo_id -> the create_repo payload (type, sdk, private…)
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self._httpd.daemon_threads = True
@@ -174,6 +178,9 @@ class _Handler(BaseHTTPRequestHandler):
             if blob is None:
                 return self._send(404, head=head)
             return self._send(200, self.hub.tampered.get(sha, blob), head=head)
+        m = TREE.match(path)
+        if m:
+            return self._tree(unquote(m["repo"]), unquote(m["rev"]), head)
         m = RESOLVE.match(path)
         if not m:
             return self._error(404, "NotFound", f"no route for {path}", head)
@@ -196,6 +203,15 @@ class _Handler(BaseHTTPRequestHandler):
         served = self.hub.tampered.get(hashlib.sha256(data).hexdigest(), data)
         self._send(200, served, head=head, headers={"X-Repo-Commit": oid, "ETag": f'"{git_blob_oid(data)}"'})
 
+    def _tree(self, repo_id: str, revision: str, head: bool) -> None:
+        if repo_id not in self.hub.repos:
+            return self._error(404, "RepoNotFound", "Repository not found", head)
+        found = self.hub._lookup(repo_id, revision)
+        if found is None:
+            return self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}", head)
+        self._json(200, [{"type": "file", "path": p, "size": len(data), "oid": git_blob_oid(data)}
+                         for p, data in sorted(found[1].items())], head=head)
+
     # --- upload ---------------------------------------------------------------------------------------------------
 
     def do_POST(self) -> None:
@@ -207,6 +223,7 @@ class _Handler(BaseHTTPRequestHandler):
             repo_id = f"{payload['organization']}/{payload['name']}" if payload.get("organization") \
                 else payload["name"]
             url = f"{self.hub.url}/{repo_id}"
+            self.hub.created.setdefault(repo_id, payload)
             if not self.hub.create_repo(repo_id):  # the Hub's 409 carries the url too: the client reads it
                 message = "You already created this model repo"
                 return self._json(409, {"error": message, "url": url}, {"X-Error-Message": message})

@@ -13,12 +13,13 @@ import gradio as gr
 import numpy as np
 import pytest
 import torch
-from app_support import BUS, EXAMPLES, boxy_weights, load_app, png_header_only, write_video
+from app_support import BUS, CLIP_FRAMES, EXAMPLES, boxy_weights, load_app, png_header_only, write_video
 from PIL import Image
 
 from starnet_demo.inference import devices
 from starnet_demo.inference.detector import clear_detectors
 from starnet_demo.inference.runtimes import EXPORT_FORMATS, resolve_runtime
+from starnet_demo.inference.spec import resolve_spec
 from starnet_demo.ui import choices, files, handlers
 from starnet_demo.weights.files import record_metrics
 
@@ -41,14 +42,9 @@ def app(weights, tmp_path_factory):
         clear_detectors()
 
 
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory):
-    return write_video(tmp_path_factory.mktemp("video") / "clip.mp4", frames=6)
-
-
 # ---------------------------------------------------------------- Image tab
 def test_detect_image_draws_boxes_and_returns_json(app):
-    annotated, result, table, line, _ = app.detect_image(str(BUS), *SETTINGS)
+    annotated, result, table, line, _ = handlers.detect_image(str(BUS), *SETTINGS)
     original = np.asarray(Image.open(BUS).convert("RGB"))
     assert annotated.shape == original.shape and annotated.dtype == np.uint8
     assert not np.array_equal(annotated, original)  # boxes were drawn
@@ -63,16 +59,16 @@ def test_detect_image_draws_boxes_and_returns_json(app):
 
 def test_detect_image_takes_what_gradio_sends(app):
     """With ``preprocess=False`` the handler gets the file payload dict; examples give a path; arrays work too."""
-    from_payload = app.detect_image({"path": str(BUS), "meta": {"_type": "gradio.FileData"}}, *SETTINGS)[1]
-    from_array = app.detect_image(np.asarray(Image.open(BUS).convert("RGB")), *SETTINGS)[1]
+    from_payload = handlers.detect_image({"path": str(BUS), "meta": {"_type": "gradio.FileData"}}, *SETTINGS)[1]
+    from_array = handlers.detect_image(np.asarray(Image.open(BUS).convert("RGB")), *SETTINGS)[1]
     assert from_payload["detections"] == from_array["detections"]
 
 
 def test_class_filter(app):
-    assert app.detect_image(str(BUS), *SETTINGS, classes=["person"])[1]["detections"]
-    assert app.detect_image(str(BUS), *SETTINGS, classes=["bus"])[1]["detections"] == []
+    assert handlers.detect_image(str(BUS), *SETTINGS, classes=["person"])[1]["detections"]
+    assert handlers.detect_image(str(BUS), *SETTINGS, classes=["bus"])[1]["detections"] == []
     with pytest.raises(gr.Error, match="unknown class"):
-        app.detect_image(str(BUS), *SETTINGS, classes=["unicorn"])
+        handlers.detect_image(str(BUS), *SETTINGS, classes=["unicorn"])
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P", "I;16", "CMYK"])
@@ -81,7 +77,7 @@ def test_unusual_image_modes_are_converted(app, tmp_path, mode):
     im = Image.fromarray(np.asarray(im.convert("L"), dtype=np.uint16) * 257) if mode == "I;16" else im.convert(mode)
     path = tmp_path / f"img-{mode.replace(';', '')}.{'jpg' if mode == 'CMYK' else 'png'}"
     im.save(path)
-    annotated, result, *_ = app.detect_image(str(path), *SETTINGS)
+    annotated, result, *_ = handlers.detect_image(str(path), *SETTINGS)
     assert annotated.shape == (150, 200, 3) and result["detections"]
 
 
@@ -103,9 +99,9 @@ def _bad_images(tmp_path):
 def test_bad_images_give_clear_errors(app, tmp_path):
     for name, message in _bad_images(tmp_path).items():
         with pytest.raises(gr.Error, match=message):
-            app.detect_image(str(tmp_path / name), *SETTINGS)
+            handlers.detect_image(str(tmp_path / name), *SETTINGS)
     with pytest.raises(gr.Error, match="upload an image"):
-        app.detect_image(None, *SETTINGS)
+        handlers.detect_image(None, *SETTINGS)
 
 
 @pytest.mark.parametrize(("settings", "message"), [
@@ -114,19 +110,20 @@ def test_bad_images_give_clear_errors(app, tmp_path):
     (("s1", "cpu", math.nan, 0.45, 320), "confidence"),
     (("s1", "cpu", 0.25, 7, 320), "IoU"),
     (("s1", "cpu", 0.25, 0.45, 99999), "image size"),
-    (("s2", "cpu", 0.25, 0.45, 320), "Weights for this model are not available: no weights for s2"),
+    (("s2", "cpu", 0.25, 0.45, 320), "weights are not available on this server"),
 ])
 def test_bad_settings_give_clear_errors(app, settings, message):
     with pytest.raises(gr.Error, match=message):
-        app.detect_image(str(BUS), *settings)
+        handlers.detect_image(str(BUS), *settings)
 
 
 def test_runtime_the_device_cannot_run_is_refused(app):
     assert choices.runtime_choices()[:2] == ["auto", "pytorch"]
     with pytest.raises(gr.Error, match="cannot run on cpu"):
-        app.detect_image(str(BUS), *SETTINGS, runtime="cudagraph")
+        handlers.detect_image(str(BUS), *SETTINGS, runtime="cudagraph")
 
 
+@pytest.mark.slow  # two OpenVINO/ONNX exports
 def test_warm_up_exports_and_loads_the_default_detector(app, caplog, monkeypatch, tmp_path):
     monkeypatch.setenv("STARNET_EXPORT_DIR", str(tmp_path))
     clear_detectors()
@@ -164,10 +161,10 @@ def test_zero_gpu_decorator_is_a_no_op_off_zerogpu(monkeypatch):
 
 
 def test_models_are_loaded_once_per_variant_and_device(app):
-    first = handlers.load_detector("s1", "cpu")
-    app.detect_image(str(BUS), "yolov8n", "cpu", 0.25, 0.45, 320)  # switch away and back
-    app.detect_image(str(BUS), *SETTINGS)
-    assert handlers.load_detector("s1", "cpu") is first
+    first = handlers.load_detector(resolve_spec("s1", "cpu"))
+    handlers.detect_image(str(BUS), "yolov8n", "cpu", 0.25, 0.45, 320)  # switch away and back
+    handlers.detect_image(str(BUS), *SETTINGS)
+    assert handlers.load_detector(resolve_spec("s1", "cpu")) is first
 
 
 def test_device_choices_explain_a_missing_gpu(app):
@@ -206,20 +203,27 @@ def test_variant_labels_give_the_held_out_map_and_flag_undertrained_weights(app,
 
 
 # ---------------------------------------------------------------- Video tab
+def detect_video(app, *args, **kwargs):
+    """The video handler's result: the last value its generator yields (the ones before are ``gr.skip()``)."""
+    *waiting, result = handlers.detect_video_file(*args, **kwargs)
+    assert all(v == (gr.skip(),) * 4 for v in waiting)
+    return result
+
+
 def test_detect_video_writes_browser_playable_h264_with_counts(app, clip):
-    path, summary, table, _ = app.detect_video_file(str(clip), *SETTINGS, track=True)
+    path, summary, table, _ = detect_video(app, str(clip), *SETTINGS, track=True)
     with av.open(path) as c:
         s = c.streams.video[0]
         assert (s.codec_context.name, s.codec_context.pix_fmt) == ("h264", "yuv420p")
-        assert sum(1 for _ in c.decode(video=0)) == summary["frames"] == 6
+        assert sum(1 for _ in c.decode(video=0)) == summary["frames"] == CLIP_FRAMES
     assert summary["tracked"] and not summary["truncated"] and summary["processing_fps"] > 0
     person = next(r for r in summary["counts"] if r["class"] == "person")
-    assert person["frames"] == 6 and person["max_in_frame"] >= 1 and person["tracks"] >= 1
+    assert person["frames"] == CLIP_FRAMES and person["max_in_frame"] >= 1 and person["tracks"] >= 1
     assert list(table.columns) == ["class", "max_in_frame", "frames", "tracks"]
 
 
 def test_video_outputs_are_cleaned_up(app, clip):
-    path = app.detect_video_file(str(clip), *SETTINGS)[0]
+    path = detect_video(app, str(clip), *SETTINGS)[0]
     assert path.startswith(str(files.output_dir()))
     files.sweep_outputs(older_than_s=0)
     assert not list(files.output_dir().iterdir())
@@ -259,10 +263,26 @@ def _bad_videos(tmp_path, clip):
 def test_bad_videos_give_clear_errors_and_leave_no_files(app, tmp_path, clip):
     for name, message in _bad_videos(tmp_path, clip).items():
         with pytest.raises(gr.Error, match=message):
-            app.detect_video_file(str(tmp_path / name), *SETTINGS)
+            detect_video(app, str(tmp_path / name), *SETTINGS)
     assert not list(files.output_dir().glob("*.mp4"))
     with pytest.raises(gr.Error, match="upload a video"):
-        app.detect_video_file(None, *SETTINGS)
+        detect_video(app, None, *SETTINGS)
+
+
+def test_a_full_disk_mid_video_is_named_and_leaves_no_file(app, clip, tmp_path, monkeypatch):
+    """The annotated video goes to a file that fills the disk (a link to /dev/full: every write fails with ENOSPC):
+    the user reads that the disk is full, and neither the partial outputs nor the upload are left."""
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    upload = tmp_path / "gradio" / "0123abcd" / "clip.mp4"
+    upload.parent.mkdir(parents=True)
+    upload.write_bytes(clip.read_bytes())
+    full = files.output_dir() / "full.mp4"
+    full.symlink_to("/dev/full")
+    monkeypatch.setattr(handlers, "output_path", lambda suffix: full if suffix == ".mp4" else files.output_path(suffix))
+    before = set(files.output_dir().iterdir()) - {full}
+    with pytest.raises(gr.Error, match="disk is full"):
+        detect_video(app, {"path": str(upload)}, *SETTINGS)
+    assert set(files.output_dir().iterdir()) == before and not upload.exists()
 
 
 def test_video_cut_off_part_way_keeps_the_frames_before(app, tmp_path):
@@ -271,7 +291,7 @@ def test_video_cut_off_part_way_keeps_the_frames_before(app, tmp_path):
         ninth = [p.pos for p in c.demux(video=0) if p.size][8]
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(whole.read_bytes()[:ninth + 10])  # breaks off inside the ninth frame
-    path, summary, *_ = app.detect_video_file(str(cut), *SETTINGS)
+    path, summary, *_ = detect_video(app, str(cut), *SETTINGS)
     assert 0 < summary["frames"] < 12 and summary["truncated"]
     files.sweep_outputs(older_than_s=0)
 
@@ -279,20 +299,20 @@ def test_video_cut_off_part_way_keeps_the_frames_before(app, tmp_path):
 # ---------------------------------------------------------------- Webcam tab
 def test_webcam_frame_overlays_fps_and_keeps_state(app):
     frame = np.asarray(Image.open(BUS).convert("RGB").resize((640, 480)))
-    out, state = app.webcam_frame(frame, None, *SETTINGS)
-    out, state = app.webcam_frame(frame, state, *SETTINGS)
+    out, state = handlers.webcam_frame(frame, None, *SETTINGS)
+    out, state = handlers.webcam_frame(frame, state, *SETTINGS)
     assert out.shape == frame.shape and state["frames"] == 2 and state["fps"].fps > 0
     assert not np.array_equal(out[-30:, :200], frame[-30:, :200])  # the overlay's corner
 
 
 def test_missing_webcam_frame_is_skipped_not_fatal(app):
-    out, state = app.webcam_frame(None, None, *SETTINGS)
+    out, state = handlers.webcam_frame(None, None, *SETTINGS)
     assert out == gr.skip() and state is None  # the last picture stays
 
 
 # ---------------------------------------------------------------- Latency tab
 def test_latency_times_variants_and_baseline_side_by_side(app):
-    table, plot, tradeoff, shots, results = app.latency(str(BUS), ["s1"], "cpu", 320, runs=2, baseline=True)
+    table, plot, tradeoff, shots, results = handlers.latency(str(BUS), ["s1"], "cpu", 320, runs=2, baseline=True)
     assert list(table["model"]) == ["StarNet-S1", "YOLOv8n (reference)"]
     assert {"mAP50 (held out)", "runtime", "params (M)", "GFLOPs", "total ms (median / p90)"} <= set(table.columns)
     # the test weights carry no recorded figures: no accuracy to plot, and the table says so
@@ -302,12 +322,12 @@ def test_latency_times_variants_and_baseline_side_by_side(app):
     assert len(shots) == 2 and shots[0][0].shape == np.asarray(Image.open(BUS)).shape
     assert all(r["runs"] == 2 and r["total_ms"] > 0 and r["total_ms_p90"] >= r["total_ms"] for r in results)
     with pytest.raises(gr.Error, match="at least one"):
-        app.latency(str(BUS), [], "cpu", 320, runs=2, baseline=False)
+        handlers.latency(str(BUS), [], "cpu", 320, runs=2, baseline=False)
 
 
 # ---------------------------------------------------------------- Star operation tab
 def test_star_maps_gallery(app):
-    items, info = app.star_maps(str(BUS), "s1", "2.7", 320, top_k=2)
+    items, info = handlers.star_maps(str(BUS), "s1", "2.7", 320, top_k=2)
     assert len(items) == 1 + 3 * (1 + 2)
     assert all(img.dtype == np.uint8 and img.ndim == 3 for img, _ in items)
     # bus.jpg is 240 px wide in the 320 px square: 15 cells of stride 16, plus the two it cuts at its edges
@@ -328,7 +348,7 @@ def test_star_maps_blocks_follow_the_variant(app):
     assert choices.block_choices("s1")[-1] == "3.2" and choices.block_choices("s4")[-1] == "3.4"
     assert choices.default_block("s4").startswith("2.") and choices.block_choices("yolov8n") == []
     with pytest.raises(gr.Error, match="not in s1"):
-        app.star_maps(str(BUS), "s1", "9.9", 320)
+        handlers.star_maps(str(BUS), "s1", "9.9", 320)
 
 
 def test_app_builds_with_every_tab(app):
@@ -343,7 +363,7 @@ def test_latency_rows_carry_the_recorded_map50(app, weights):
     before = config.read_text()
     record_metrics(config, {"map50": 0.385, "map50_se": 0.028})
     try:
-        table, _, tradeoff, _, results = app.latency(str(BUS), ["s1"], "cpu", 320, runs=1, baseline=False)
+        table, _, tradeoff, _, results = handlers.latency(str(BUS), ["s1"], "cpu", 320, runs=1, baseline=False)
     finally:
         config.write_text(before)
     assert results[0]["map50"] == 0.385 and list(table["mAP50 (held out)"]) == ["0.385 ± 0.028"]

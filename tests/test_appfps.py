@@ -4,6 +4,10 @@ tool measures the real Webcam tab in headless Chromium (skipped where ``/usr/bin
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import time
 
 import cv2
 import numpy as np
@@ -11,7 +15,18 @@ import pytest
 from app_support import boxy_weights, serve
 
 from starnet_demo import cli
-from starnet_demo.tools.appfps import CHROMIUM, read_code, run, summarise, write_y4m
+from starnet_demo.tools.appfps import (
+    CHROMIUM,
+    descendants,
+    pin,
+    read_code,
+    run,
+    split_cores,
+    stage_breakdown,
+    summarise,
+    write_y4m,
+)
+from starnet_demo.ui import handlers
 
 
 def y4m_frames(path) -> list[np.ndarray]:
@@ -40,32 +55,89 @@ def test_camera_clip_carries_each_frame_index(tmp_path):
 
 
 def test_summary_counts_new_frames_and_lag():
-    """A 20 FPS camera; the app returns every frame twice at 20 FPS, 3 camera frames behind: 10 new frames/s."""
-    camera = [i * 50.0 for i in range(201)]
-    frames = [{"t": i * 50.0, "camera": (i // 2 * 2 + 3) % 64, "annotated": (i // 2 * 2) % 64} for i in range(201)]
-    frames[10]["annotated"] = None  # an unread code is skipped, not counted as a repeat
-    s = summarise(frames, camera, loop=64, declared_fps=20, seconds=10)
+    """A 20 FPS camera; the page shows every camera frame twice at 20 FPS, painted 3 camera frames (150 ms) after the
+    camera presented it: 10 new frames/s."""
+    camera = [{"t": i * 50.0, "code": i % 64} for i in range(201)]
+    shown = [{"t_paint": i * 50.0 + 1, "code": (i // 2 * 2 - 3) % 64} for i in range(201)]
+    shown[150]["code"] = None  # an unread code is skipped, not counted as a repeat
+    s = summarise(shown, camera, loop=64, declared_fps=20, seconds=5)
     assert s["camera_fps_measured"] == pytest.approx(20) and s["fps"] == pytest.approx(20)
     assert s["new_fps"] == pytest.approx(10, rel=0.05) and s["share_of_camera"] == pytest.approx(0.5, rel=0.05)
-    assert s["lag_frames"]["median"] == 3 and s["lag_ms"]["median"] == pytest.approx(150)
-    assert s["camera_frames_per_new_frame"]["median"] == 2 and s["codes_read"] == 200
+    assert s["lag_frames"]["median"] == pytest.approx(3.5, abs=0.5)
+    assert s["lag_ms"]["median"] == pytest.approx(176, abs=26)
+    assert s["camera_frames_per_new_frame"]["median"] == 2 and s["codes_read"] == 100
+
+
+def test_stage_breakdown_follows_one_frame():
+    """One frame's trip with known times (page ms; the server's in epoch ms from ``origin``): each stage comes out."""
+    origin = 1_000_000.0
+    log = {"origin": origin, "encodes": [{"t0": 100, "t1": 104, "n": 5000}, {"t0": 200, "t1": 203, "n": 5100}],
+           "shown": [{"src": "http://h/gradio_api/file=/x/image.jpeg", "t_load": 170, "t_paint": 180, "code": 1}],
+           "camera": [{"t": 60, "code": 0}, {"t": 90, "code": 1}, {"t": 130, "code": 2}]}
+    resources = [{"name": "http://h/gradio_api/stream/abc", "upload": True, "start": 105, "answer": 107, "end": 108},
+                 {"name": "http://h/gradio_api/file=/x/image.jpeg", "upload": False, "start": 160, "answer": 163,
+                  "end": 165}]
+    trace = [{"n": 4000, "start": origin + 20, "decode_ms": 9, "detect_ms": 9, "annotate_ms": 9, "end": origin + 50},
+             {"n": 5000, "start": origin + 110, "decode_ms": 3, "detect_ms": 30, "annotate_ms": 5, "end": origin + 150}]
+    out = stage_breakdown(log, resources, trace, seconds=10)
+    medians = {k: v["median"] for k, v in out["ms"].items()}
+    assert medians == {"camera_wait": 10, "browser_encode": 4, "upload": 2, "queue_wait": 3, "decode": 3,
+                       "detect": 30, "annotate": 5, "encode_send": 10, "download": 5, "render": 15}
+    assert out["frames"] == out["matched_to_server"] == 1 and out["median_sum_ms"] == 87  # 180 - 90: the lag
+    assert out["sent"] == 1 and out["server_calls"] == 2
+
+
+def test_split_cores_pins_a_process_tree():
+    assert split_cores({0, 1}) == ({0}, {1}) and split_cores({0, 1, 2, 3, 5}) == ({0, 1}, {2, 3, 5})
+    with pytest.raises(ValueError, match="2 usable cores"):
+        split_cores({3})
+    cores = sorted(os.sched_getaffinity(0))
+    proc = subprocess.Popen(["sh", "-c", "sleep 30 & sleep 30"])
+    try:
+        deadline = time.monotonic() + 5
+        while len(descendants(proc.pid)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        tree = descendants(proc.pid)
+        assert len(tree) == 3, tree  # sh and its two sleeps
+        assert pin(proc.pid, {cores[-1]}) >= 3
+        assert all(os.sched_getaffinity(p) == {cores[-1]} for p in tree)
+        assert descendants(proc.pid, skip=proc.pid) == []
+    finally:
+        for p in reversed(descendants(proc.pid)):
+            os.kill(p, signal.SIGTERM)
+        proc.wait()
 
 
 def test_app_fps_rejects_bad_camera_size_in_one_line(capsys):
     assert cli.main(["app-fps", "--camera-size", "big"]) == 2
     err = capsys.readouterr().err.strip()
     assert "WIDTHxHEIGHT" in err and "\n" not in err
+    cores = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cores)})  # one core: nothing to split
+    try:
+        assert cli.main(["app-fps", "--split-cores"]) == 2
+    finally:
+        os.sched_setaffinity(0, cores)
+    assert "2 usable cores" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not CHROMIUM.is_file(), reason="Debian's chromium is missing: apt-get install chromium")
-def test_webcam_tab_against_the_fake_camera(tmp_path):
+def test_webcam_tab_against_the_fake_camera(tmp_path, monkeypatch):
+    """The real tab in Chromium, the app in this process writing its trace: rates, lag, the handler alone on the same
+    frames, and the stages of the frames shown matched to the server's calls."""
+    trace = tmp_path / "server.jsonl"
+    monkeypatch.setattr(handlers, "WEBCAM_TRACE", str(trace))
     weights = boxy_weights(tmp_path / "weights", ("s1",))
     with serve(weights, tmp_path / "cache") as (_, url):
         report = run(["s1"], "pytorch", [160], seconds=3, camera_fps=10, camera_size=(320, 240), frames=40, url=url,
-                     settle_s=1, log=lambda _: None)
+                     settle_s=1, handler_seconds=1, trace=trace, log=lambda _: None)
     (result,) = report["results"]
     assert result["camera_fps_measured"] == pytest.approx(10, rel=0.3) and result["camera_size"] == "320x240", result
-    assert result["frames_back"] >= 2 and result["codes_read"] >= 1, result
-    assert result["lag_frames"]["median"] is not None, result
+    assert result["frames_shown"] >= 2 and result["codes_read"] >= 1, result
+    assert result["lag_frames"]["median"] is not None and result["lag_ms"]["median"] > 0, result
     assert 0 < result["share_of_camera"] <= 1.05 and report["machine"]["cpu"], result
+    assert result["handler_fps"] > 0 and result["handler_alone"]["stages_ms"]["detect"] > 0, result
+    stages = result["stages"]
+    assert stages["matched_to_server"] >= 1 and stages["ms"]["detect"]["median"] > 0, stages
+    assert stages["ms"]["download"]["median"] is not None and stages["ms"]["upload"]["median"] is not None, stages
     json.dumps(report)

@@ -14,22 +14,13 @@ import re
 from pathlib import Path
 
 import pytest
-from app_support import BUS, boxy_weights
+from app_support import BUS, server_env
 from bad_inputs import CASES, GOOD, Case, queue_call, resolve, write_corpus
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
 from starnet_demo.media.video import MAX_BYTES
 from starnet_demo.tools.loadtest import serve_app
-
-
-def server_env(root: Path) -> dict[str, str]:
-    """A private Gradio cache and temporary folder, test weights, and the Hub left alone."""
-    dirs = {"GRADIO_TEMP_DIR": root / "gradio", "TMPDIR": root / "tmp"}
-    for d in dirs.values():
-        d.mkdir(parents=True, exist_ok=True)
-    return {**{k: str(v) for k, v in dirs.items()}, "STARNET_WEIGHTS_DIR": str(boxy_weights(root / "weights")),
-            "GRADIO_EXAMPLES_CACHE": str(root / "examples-cache"), "HF_HUB_OFFLINE": "1"}
 
 
 def files(env: dict[str, str]) -> set[Path]:
@@ -113,12 +104,12 @@ def test_stopping_the_server_removes_the_outputs(tmp_path, corpus):
     """Results wait in the app's temporary folder until Gradio has copied them into its cache; a stop
     (SIGTERM, as a Space restart sends) removes the folder and Gradio's copies: at most the upload is left."""
     env = server_env(tmp_path)
-    with serve_app(env) as server:
+    with serve_app(env, log=tmp_path / "server.log") as server:
         at_start = files(env)
         client = Client(server.url, verbose=False)
         assert client.predict(handle_file(str(corpus / "clip.mp4")), "s1", "cpu", *GOOD, False, [], "pytorch",
                               api_name="/detect_video")[1]["frames"] == 6
         assert len(list(Path(env["TMPDIR"]).glob("starnet-demo-outputs-*/*.mp4"))) == 1
-    assert server.process.returncode == 0
+    assert server.process.returncode == 0, (tmp_path / "server.log").read_text()[-3000:]
     assert not list(Path(env["TMPDIR"]).glob("starnet-demo-*"))
     assert {p.name for p in files(env) - at_start} <= {"clip.mp4"}

@@ -12,10 +12,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 
 import numpy as np
 import pytest
-import torch
 from app_support import BUS, ROOT, boxy_weights, serve, stream_webcam
 from PIL import Image
 from playwright.sync_api import sync_playwright
@@ -86,14 +86,40 @@ def test_fake_webcam_streams_annotated_frames(browser, url, variant):
         page.get_by_label("Variant").click()
         page.get_by_role("option", name=f"StarNet-{variant.upper()}").click()
     frames, fps = stream_webcam(page, STREAM_S)
+    rates = page.locator("#webcam-rates")  # measured in the page: the camera's rate, the rate shown, the lag
+    rates.get_by_text("behind").wait_for(timeout=10_000)
+    assert re.fullmatch(r"Camera \d+\.\d FPS · shown \d+\.\d FPS · \d+\.\d frames \(\d+ ms\) behind",
+                        rates.inner_text().strip()), rates.inner_text()
     page.screenshot(path=str(ARTIFACTS / f"webcam_{variant}.png"))
     frame = fetch_image(page, "#webcam-out img")
     (ARTIFACTS / f"webcam_{variant}.json").write_text(json.dumps({
         "variant": variant, "frames_back": frames, "seconds": round(STREAM_S, 1), "fps": round(fps, 2),
         "camera": "Chromium fake camera, 640x480 Y4M", "weights": "random init + P5 person bias (tests)",
         "imgsz": 640, "screenshot": str(ARTIFACTS / f"webcam_{variant}.png")}, indent=2) + "\n")
+    page.close()  # ends the stream, which holds the app's one webcam slot (app.WEBCAM_STREAMS) until then
     assert frames >= 2, "no annotated frames came back from the webcam stream"
     assert frame.shape == (480, 640, 3) and box_pixels(frame) > 200
+
+
+def test_webcam_offers_a_choice_of_camera(browser, url):
+    """Two cameras: Gradio's own picker (the arrow beside Record) lists both, and the one picked streams."""
+    flags = [f for f in FLAGS if f != "--use-fake-device-for-media-stream"]
+    two = browser.browser_type.launch(executable_path=str(CHROMIUM),
+                                      args=[*flags, "--use-fake-device-for-media-stream=device-count=2"])
+    try:
+        page = open_app(two, url)
+        page.get_by_role("tab", name="Webcam").click()
+        page.get_by_text("Click to Access Webcam").click()
+        page.get_by_label("select input source").click()
+        picker = page.locator("#webcam-in select")
+        assert picker.locator("option").all_inner_texts() == ["fake_device_0", "fake_device_1"]
+        picker.select_option(label="fake_device_1")
+        page.wait_for_function("() => document.querySelector('#webcam-in video').srcObject.getVideoTracks()[0]"
+                               ".label === 'fake_device_1'")
+        page.locator("button:visible", has_text="Record").first.click()
+        page.locator("#webcam-out img").wait_for(timeout=90_000)
+    finally:
+        two.close()  # ends its stream too
 
 
 def open_why_stars(browser, url, view: str):
@@ -118,15 +144,6 @@ def test_star_vs_sum_view(browser, url):
     original = np.asarray(Image.open(BUS).convert("RGB"))
     assert images[0].shape == original.shape and box_pixels(images[0]) > 500  # the star pass's boxes
     assert page.get_by_text("sum in stage 2").first.is_visible()
-
-
-@pytest.fixture
-def one_thread():
-    """The server runs in this process: one intra-op thread for the toy's tiny steps, as ``app.py`` runs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_star_toy_view(browser, url, one_thread):

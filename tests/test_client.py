@@ -8,24 +8,17 @@ from pathlib import Path
 
 import av
 import pytest
-import torch
 from app_support import BUS, boxy_weights, serve, write_video
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory):
-    """The app in this process, on one intra-op thread per worker as ``app.py`` runs it (the toy's tiny steps are
-    30 times slower on two threads of a busy two-core machine)."""
+def client(tmp_path_factory, one_thread):
+    """The app in this process, on one intra-op thread per worker as ``app.py`` runs it."""
     weights = boxy_weights(tmp_path_factory.mktemp("client-weights"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with serve(weights, tmp_path_factory.mktemp("examples-cache")) as (_, url):
-            yield Client(url, verbose=False)
-    finally:
-        torch.set_num_threads(threads)
+    with serve(weights, tmp_path_factory.mktemp("examples-cache")) as (_, url):
+        yield Client(url, verbose=False)
 
 
 def test_endpoints_are_named_and_documented(client):

@@ -106,7 +106,7 @@ def test_eval_against_other_weights_gives_the_paired_difference(self_labelled, t
 
 def test_eval_against_missing_weights_is_one_line(self_labelled, tmp_path, capsys):
     assert main(["eval", "--variant", "s1", "--weights", str(ROOT / "weights"), "--data", str(self_labelled),
-                 "--against", str(tmp_path / "nowhere.json")]) == 2
+                 "--against", str(tmp_path / "nowhere.json")]) == 1
     err = capsys.readouterr().err.strip()
     assert "nowhere" in err and "\n" not in err and "Traceback" not in err
 
@@ -147,8 +147,8 @@ def test_bench_accuracy_guard_measures_a_runtime_against_pytorch(self_labelled, 
 
 def test_bench_guards_int8_as_it_guards_bf16(self_labelled, tmp_path, monkeypatch):
     """An int8 record gets the same held-out check against PyTorch fp32, and names its recipe, so that
-    ``runtimes.int8_default`` counts it only for that recipe and these weights."""
-    from starnet_demo.inference.runtimes import INT8, int8_unavailable_reason
+    ``int8.int8_verdict`` counts it only for that recipe and these weights."""
+    from starnet_demo.inference.int8 import INT8, int8_unavailable_reason
 
     if int8_unavailable_reason():
         pytest.skip(int8_unavailable_reason())

@@ -35,14 +35,7 @@ SIZE = 320
 CSV_COLUMNS = ["x_min", "y_min", "x_max", "y_max", "class_id", "confidence", "tracker_id", "class_name"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread, as ``app.py`` runs each worker: with two on a busy two-core machine every small op waits
-    on the other thread (the toy's training steps run 30 times slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # as app.py runs each worker (conftest.py says why)
 
 
 @pytest.fixture(scope="module")
@@ -289,8 +282,8 @@ def test_image_downloads_hold_the_detections(weights):
 
 def test_video_downloads_carry_frame_indices(weights, tmp_path):
     clip = write_video(tmp_path / "clip.mp4", frames=5)
-    _, summary, _, (json_path, csv_path) = handlers.detect_video_file(str(clip), "s1", "cpu", 0.25, 0.45, SIZE,
-                                                                        track=True, runtime="pytorch")
+    *_, (_, summary, _, (json_path, csv_path)) = handlers.detect_video_file(  # the generator's last value
+        str(clip), "s1", "cpu", 0.25, 0.45, SIZE, track=True, runtime="pytorch")
     with open(csv_path) as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == [*CSV_COLUMNS, "frame"]

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from hub_server import HubServer
 from huggingface_hub import ModelCard, constants
 from test_weights import pickle_that_mkdirs
 
@@ -26,7 +25,7 @@ from starnet_demo.weights import hub as hub_mod
 from starnet_demo.weights.files import EMBEDDED_DIR, FORMAT, WeightsError, load_weights, save_weights, sha256_file
 from starnet_demo.weights.hub import resolve, resolve_weights
 
-REPO = "test-org/yolov8-starnet"
+REPO = "test-org/yolov8-starnet"  # conftest.HUB_REPO: the ``hub`` fixture serves ``release`` there
 VARIANT = "s050"
 META = {
     "metrics": {"map50": 0.41234, "map50_95": 0.25, "split": "coco-mini val", "per_class": {"person": 0.5}},
@@ -67,20 +66,6 @@ def cache(tmp_path) -> Path:
     return tmp_path / "hf-cache"
 
 
-@pytest.fixture
-def hub(monkeypatch, release):
-    """A running Hub with the release committed on ``main`` and tagged ``v1``, and the environment pointing at it."""
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    with HubServer() as server:
-        server.commit(REPO, release_files(release), message="release")
-        server.tag(REPO, "v1")
-        monkeypatch.setenv("HF_ENDPOINT", server.url)
-        monkeypatch.setenv("STARNET_HUB_REPO", REPO)
-        monkeypatch.setenv("STARNET_HUB_REVISION", "v1")
-        yield server
-
-
 def flipped(data: bytes) -> bytes:
     bad = bytearray(data)
     bad[len(bad) // 2] ^= 0xFF
@@ -95,7 +80,7 @@ def hub_warnings(caplog) -> list[logging.LogRecord]:
 
 def test_pull_downloads_the_pinned_release_and_verifies_it(hub, local, cache, release):
     got = resolve(VARIANT, local_dir=local, cache_dir=cache)
-    assert (got.source, got.notice) == ("hub", None)
+    assert (got.source, got.notice, got.reason) == ("hub", None, None)
     assert got.path.is_relative_to(cache) and got.path.name == f"{VARIANT}.json"
     tensors = got.path.with_suffix(".safetensors")
     assert tensors.read_bytes() == (release / f"{VARIANT}.safetensors").read_bytes()
@@ -149,7 +134,8 @@ def test_offline_without_cache_falls_back_to_local_weights(hub, local, cache, mo
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     got = resolve(VARIANT, local_dir=local, cache_dir=cache)
     assert (got.path, got.source) == (local / f"{VARIANT}.json", "local")
-    assert got.notice.startswith("Hub offline") and "\n" not in got.notice
+    assert got.reason.startswith("Hub offline") and "\n" not in got.reason
+    assert got.notice == hub_mod.SHIPPED_NOTICE and str(local) not in got.notice
     assert hub.requests == []
 
 
@@ -159,14 +145,14 @@ def test_offline_without_cache_falls_back_to_local_weights(hub, local, cache, mo
 ])
 def test_missing_repo_or_revision_falls_back_to_local_weights(hub, local, cache, kwargs, reason):
     got = resolve(VARIANT, local_dir=local, cache_dir=cache, **kwargs)
-    assert got.source == "local" and got.notice.startswith(reason)
+    assert got.source == "local" and got.reason.startswith(reason)
 
 
 def test_missing_variant_on_the_hub_falls_back(hub, local, cache, release):
     shutil.copy(release / f"{VARIANT}.json", local / "s1.json")  # a local s1 (contents irrelevant to resolving)
     shutil.copy(release / f"{VARIANT}.safetensors", local / "s1.safetensors")
     got = resolve("s1", local_dir=local, cache_dir=cache)
-    assert got.source == "local" and got.notice.startswith("s1.json not in Hub repo")
+    assert got.source == "local" and got.reason.startswith("s1.json not in Hub repo")
 
 
 def test_tampered_download_is_refused_removed_and_local_used(hub, local, cache, release):
@@ -174,7 +160,7 @@ def test_tampered_download_is_refused_removed_and_local_used(hub, local, cache, 
     hub.tamper(genuine, flipped(genuine))  # same size and advertised sha256, different bytes
     got = resolve(VARIANT, local_dir=local, cache_dir=cache)
     assert (got.path, got.source) == (local / f"{VARIANT}.json", "local")
-    assert "refused as corrupt or tampered" in got.notice and "\n" not in got.notice
+    assert "refused as corrupt or tampered" in got.reason and "\n" not in got.reason
     assert not list(cache.rglob(f"{VARIANT}.safetensors"))  # the bad copy is not kept for next time
     assert not [p for p in (cache / f"models--{REPO.replace('/', '--')}" / "blobs").iterdir()
                 if hashlib.sha256(p.read_bytes()).hexdigest() == hashlib.sha256(flipped(genuine)).hexdigest()]
@@ -190,7 +176,7 @@ def test_swapped_release_is_refused_by_the_hash_in_this_checkout(hub, local, cac
     config["sha256"] = hashlib.sha256(swapped).hexdigest()
     hub.commit(REPO, {f"{VARIANT}.safetensors": swapped, f"{VARIANT}.json": json.dumps(config).encode()})
     got = resolve(VARIANT, revision="main", local_dir=local, cache_dir=cache)
-    assert got.source == "local" and "this checkout's weights config" in got.notice
+    assert got.source == "local" and "this checkout's weights config" in got.reason
 
 
 def test_config_swapped_alone_is_refused(hub, local, cache, release):
@@ -198,7 +184,7 @@ def test_config_swapped_alone_is_refused(hub, local, cache, release):
     config["sha256"] = "0" * 64
     hub.commit(REPO, {f"{VARIANT}.json": json.dumps(config).encode()})
     got = resolve(VARIANT, revision="main", local_dir=local, cache_dir=cache)
-    assert got.source == "local" and "its config's sha256 differs from this checkout's" in got.notice
+    assert got.source == "local" and "its config's sha256 differs from this checkout's" in got.reason
 
 
 def test_pickle_served_as_safetensors_is_never_unpickled(hub, empty_local, cache, tmp_path):
@@ -216,8 +202,9 @@ def test_pickle_served_as_safetensors_is_never_unpickled(hub, empty_local, cache
 def test_corrupt_download_without_local_weights_is_a_clear_error(hub, empty_local, cache, release):
     genuine = (release / f"{VARIANT}.safetensors").read_bytes()
     hub.tamper(genuine, flipped(genuine))
-    with pytest.raises(WeightsError, match=rf"no weights for {VARIANT}: .*refused.*; and none in {empty_local}"):
+    with pytest.raises(WeightsError, match=rf"no weights for {VARIANT}: .*refused.*, and the app ships none; ") as e:
         resolve(VARIANT, local_dir=empty_local, cache_dir=cache)
+    assert str(empty_local) not in str(e.value) and f"{VARIANT}.safetensors and {VARIANT}.json" in str(e.value)
 
 
 def test_neither_source_is_a_clear_error(hub, empty_local, cache):
@@ -226,6 +213,47 @@ def test_neither_source_is_a_clear_error(hub, empty_local, cache):
         resolve(VARIANT, local_dir=empty_local, cache_dir=cache)
     message = str(err.value)
     assert message.startswith(f"no weights for {VARIANT}: Hub unreachable") and "\n" not in message
+
+
+def test_a_local_disk_error_is_not_reported_as_the_hub_being_unreachable(hub, local, tmp_path):
+    """The HF cache cannot be written (here: its folder is a file): that error is raised as what it is, not turned
+    into "Hub unreachable" and a quiet fallback."""
+    blocked = tmp_path / "hf-cache-is-a-file"
+    blocked.write_text("")
+    with pytest.raises(OSError) as err:
+        resolve(VARIANT, local_dir=local, cache_dir=blocked)
+    assert not isinstance(err.value, WeightsError) and "Hub unreachable" not in str(err.value)
+    assert OSError not in hub_mod._HUB_ERRORS
+
+
+def test_locate_probes_the_hub_once_per_model_and_tells_the_user_no_path(hub, local, monkeypatch, caplog):
+    """A server locates a model once: one probe and one download, the reason logged on the server with the path,
+    and the user's notice plain. Replacing the shipped files locates it afresh."""
+    monkeypatch.setenv("STARNET_WEIGHTS_DIR", str(local))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(local.parent / "hf-cache"))
+    hub_mod.forget_located()
+    try:
+        first = hub_mod.locate(VARIANT)
+        assert (first.source, first.notice) == ("hub", None)
+        assert first.sha256 == sha256_file(local / f"{VARIANT}.safetensors")
+        seen = len(hub.requests)
+        for _ in range(3):
+            assert hub_mod.locate(VARIANT) is first
+        assert len(hub.requests) == seen  # located once: no further probe or download
+
+        hub.stop()
+        (local / f"{VARIANT}.json").touch()  # the shipped record changed: locate again, now without a Hub
+        with caplog.at_level(logging.WARNING):
+            fallback = hub_mod.locate(VARIANT)
+        # the pinned release is still in the HF cache, so that serves: no fallback yet
+        assert fallback.source == "cache" and fallback.notice is None
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(local.parent / "empty-hf-cache"))
+        with caplog.at_level(logging.WARNING):
+            shipped = hub_mod.locate(VARIANT)
+        assert shipped.source == "local" and shipped.notice == hub_mod.SHIPPED_NOTICE
+        assert str(local) not in shipped.notice and "Hub unreachable" in caplog.text and str(local) in caplog.text
+    finally:
+        hub_mod.forget_located()
 
 
 def test_repo_and_revision_come_from_the_environment(monkeypatch):
@@ -240,7 +268,7 @@ def test_repo_and_revision_come_from_the_environment(monkeypatch):
 def test_eval_cli_without_weights_exits_with_one_line(hub, empty_local, monkeypatch, capsys):
     hub.stop()
     monkeypatch.setenv("STARNET_WEIGHTS_DIR", str(empty_local))
-    assert main(["eval", "--variant", VARIANT, "--data", "unused.yaml", "--repo-id", REPO]) == 2
+    assert main(["eval", "--variant", VARIANT, "--data", "unused.yaml", "--repo-id", REPO]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: no weights for {VARIANT}: Hub unreachable") and "\n" not in err
 
@@ -328,13 +356,13 @@ def test_publish_cli(hub, release, capsys, tmp_path):
     assert sorted(p.name for p in (tmp_path / "dry").iterdir()) == ["README.md", "s050.json", "s050.safetensors"]
     before = dict(hub.repos[REPO]["refs"])
 
-    assert main(["publish", "--repo-id", REPO, "--weights-dir", str(release), "--token", "t", "--tag", "v3"]) == 0
+    assert main(["publish", "--repo-id", REPO, "--weights-dir", str(release), "--tag", "v3"]) == 0
     out = capsys.readouterr().out
     assert f"published {VARIANT} to {REPO}: {hub.url}/{REPO}/commit/" in out
     assert hub.repos[REPO]["refs"]["v3"] != before["main"] and hub.repos[REPO]["refs"]["v1"] == before["v1"]
 
     hub.stop()
-    assert main(["publish", "--repo-id", REPO, "--weights-dir", str(release), "--token", "t"]) == 2
+    assert main(["publish", "--repo-id", REPO, "--weights-dir", str(release)]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: publishing to {REPO} at {hub.url} failed (") and "\n" not in err
 

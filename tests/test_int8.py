@@ -16,19 +16,20 @@ import torch
 from app_support import boxy_weights
 from ultralytics.utils import ASSETS
 
-from starnet_demo.inference import runtimes
+from starnet_demo.inference import int8, runtimes
 from starnet_demo.inference.detector import Detector, clear_detectors, get_detector
 from starnet_demo.inference.devices import cpu_info
-from starnet_demo.inference.preprocess import letterbox
-from starnet_demo.inference.runtimes import (
+from starnet_demo.inference.exports import export
+from starnet_demo.inference.int8 import (
     INT8,
     CalibrationError,
     calibration_blob,
-    export,
     int8_unavailable_reason,
     int8_verdict,
-    precisions,
+    record_verdicts,
 )
+from starnet_demo.inference.preprocess import letterbox
+from starnet_demo.inference.spec import resolve_spec
 from starnet_demo.models.yolo import build_model
 
 pytestmark = pytest.mark.skipif(int8_unavailable_reason() is not None, reason=str(int8_unavailable_reason()))
@@ -77,24 +78,53 @@ def test_int8_export_is_quantized_cached_and_keyed_by_the_calibration(env):
 
 def test_int8_detector_finds_what_fp32_finds(env):
     bus = np.ascontiguousarray(cv2.imread(str(ASSETS / "bus.jpg"))[..., ::-1])
-    fp32, _ = Detector("s050", "cpu", "openvino", 128, "fp32").detect(bus)
-    int8, timings = Detector("s050", "cpu", "openvino", 128, "int8").detect(bus)
-    assert len(int8) and set(int8.data["class_name"]) == set(fp32.data["class_name"]) == {"person"}
-    assert abs(len(int8) - len(fp32)) <= 2 and timings.inference_ms > 0
+    fp32, _ = Detector(resolve_spec("s050", "cpu", "openvino", 128, "fp32")).detect(bus)
+    quantized, timings = Detector(resolve_spec("s050", "cpu", "openvino", 128, "int8")).detect(bus)
+    assert len(quantized) and set(quantized.data["class_name"]) == set(fp32.data["class_name"]) == {"person"}
+    assert abs(len(quantized) - len(fp32)) <= 2 and timings.inference_ms > 0
+
+
+def earning_run(sha256: str, flags: list[str]) -> list[dict]:
+    """A committed run in which int8 passed the guard and beat both float precisions on a CPU with ``flags``."""
+    base = {"variant": "s050", "runtime": "openvino", "imgsz": 640, "weights_sha256": sha256,
+            "machine": {"cpu_flags": flags}}
+    return [{**base, "precision": "bf16", "inference_ms": 20.0}, {**base, "precision": "fp32", "inference_ms": 35.0},
+            {**base, "precision": "int8", "int8_recipe": INT8.id, "inference_ms": 15.0, "accuracy_ok": True}]
 
 
 def test_without_calibration_images_int8_fails_in_one_line_and_auto_keeps_float(env, monkeypatch):
     (env / "empty").mkdir()
     monkeypatch.setenv("STARNET_CALIBRATION_DIR", str(env / "empty"))
     with pytest.raises(CalibrationError, match="STARNET_CALIBRATION_DIR") as failure:
-        Detector("s050", "cpu", "openvino", IMGSZ, "int8")
-    assert "\n" not in str(failure.value)
-    monkeypatch.setattr(runtimes, "int8_verdict", lambda *a, **k: True)  # as if committed runs had earned it
-    assert precisions("openvino", "cpu", "s050")[0] != "int8"
-    assert get_detector("s050", "cpu", "openvino", IMGSZ).precision != "int8"
+        Detector(resolve_spec("s050", "cpu", "openvino", IMGSZ, "int8"))
+    assert "\n" not in str(failure.value) and str(env) not in str(failure.value)
+    sha = json.loads((env / "weights" / "s050.json").read_text())["sha256"]
+    assert record_verdicts(env / "weights", [earning_run(sha, cpu_info()["cpu_flags"])]) == {
+        "s050": [cpu_info()["cpu_flags"]]}  # the weights' record now says int8 earned it on this CPU
+    clear_detectors()
+    assert get_detector("s050", "cpu", "openvino", IMGSZ).precision != "int8"  # but it cannot be built here
     monkeypatch.setenv("STARNET_CALIBRATION_DIR", str(env / "calibration"))
-    assert precisions("openvino", "cpu", "s050")[0] == "int8"
-    assert precisions("openvino", "cpu")[0] != "int8"  # no variant, no weights to judge
+    clear_detectors()
+    assert resolve_spec("s050", "cpu", "openvino", IMGSZ).precision == "int8"
+
+
+def test_the_int8_verdict_is_read_from_the_weights_record_only(env, monkeypatch):
+    """Another CPU's verdict, other weights' or another recipe's do not count; nothing under docs/bench is read."""
+    monkeypatch.setattr(int8, "bench_runs", lambda: pytest.fail("serving must not read benchmark runs"))
+    record = env / "weights" / "s050.json"
+    sha = json.loads(record.read_text())["sha256"]
+    other_cpu = [f for f in ("avx2", "amx_int8") if f not in cpu_info()["cpu_flags"]][:1] or ["no-such-flag"]
+    here = cpu_info()["cpu_flags"]
+    for runs, leads in (([earning_run(sha, other_cpu)], False), ([earning_run("other", here)], False),
+                        ([earning_run(sha, here)], True)):
+        record_verdicts(env / "weights", runs)
+        clear_detectors()
+        assert (resolve_spec("s050", "cpu", "openvino", IMGSZ).precision == "int8") is leads, runs
+    config = json.loads(record.read_text())
+    config["int8_default"]["recipe"] = "another/300/0/000000"
+    record.write_text(json.dumps(config))
+    clear_detectors()
+    assert resolve_spec("s050", "cpu", "openvino", IMGSZ).precision != "int8"
 
 
 def test_int8_leads_only_on_records_of_these_weights_and_this_recipe():
@@ -124,7 +154,7 @@ def test_the_bench_flags_int8_as_auto_where_its_own_records_earn_it(env, monkeyp
     """The markdown's auto ratios are those of what ``auto`` will run once the run is committed."""
     from starnet_demo.tools import bench
 
-    monkeypatch.setattr(runtimes, "bench_runs", lambda: [])
+    monkeypatch.setattr(int8, "bench_runs", lambda: [])
     monkeypatch.setattr(runtimes, "openvino_cpu_bf16", lambda: True)
 
     def run(int8_ms: float) -> list[dict]:

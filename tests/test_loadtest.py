@@ -7,9 +7,11 @@ checked for being there and consistent, never against a time: the machine is sha
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
-from app_support import boxy_weights
+from app_support import server_env
 
 from starnet_demo.cli import main
 from starnet_demo.tools.loadtest import DEFAULT_MIX, serve_app
@@ -18,21 +20,21 @@ from starnet_demo.tools.loadtest import DEFAULT_MIX, serve_app
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("loadtest-app")
-    (root / "gradio").mkdir()
-    (root / "tmp").mkdir()
-    env = {"STARNET_WEIGHTS_DIR": str(boxy_weights(root / "weights", ("s1", "s2", "yolov8n"))), "HF_HUB_OFFLINE": "1",
-           "GRADIO_EXAMPLES_CACHE": str(root / "examples-cache"), "GRADIO_TEMP_DIR": str(root / "gradio"),
-           "TMPDIR": str(root / "tmp")}
+    env = {**server_env(root, ("s1", "s2", "yolov8n")), "STARNET_EXPORT_DIR": str(root / "exports")}
     with serve_app(env) as server:
+        server.env = env
         yield server
 
 
-def test_short_load_test(served, tmp_path, capsys):
+def test_short_load_test(served, tmp_path, capsys, monkeypatch):
+    for name in ("GRADIO_TEMP_DIR", "STARNET_EXPORT_DIR"):  # the server's folders, to watch
+        monkeypatch.setenv(name, served.env[name])
     out = tmp_path / "loadtest.json"
     assert main(["loadtest", "--url", served.url, "--pid", str(served.pid), "--users", "4", "--duration", "15",
-                 "--warmup", "3", "--variants", "s1,s2", "--imgsz", "160", "--out", str(out)]) == 0
+                 "--warmup", "3", "--variants", "s1,s2", "--imgsz", "160", "--sizes", "128,160",
+                 "--video-shapes", "320x240,200x320", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
-    assert report["failed"] == 0 and report["errors"] == []
+    assert report["failed"] == 0 and report["errors"] == [], report["errors"]
     assert report["load_requests"]["done"] >= 2 * len(DEFAULT_MIX) and report["load_requests"]["failed"] == 0
     kinds = report["by_kind"]
     assert report["done"] >= 10 and kinds["image"]["done"] >= 5  # 6 in 10 requests are images
@@ -40,8 +42,20 @@ def test_short_load_test(served, tmp_path, capsys):
     assert report["latency_s"]["p50"] > 0 and report["queue_wait_s"]["p95"] is not None
     assert report["throughput_rps"] > 0
     rss = report["rss_mb"]
-    assert rss["start"] > 100  # the server's own memory, a Python process with torch and gradio loaded
-    assert len(rss["timeline"]) >= 2 and isinstance(rss["flat"], bool)
+    # the server's own memory (a Python process with torch and gradio loaded, not this one), sampled over the run
+    now_mb = int(re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{served.pid}/status").read_text())[1]) / 1024
+    # (after the load, the pool and Gradio's sweeps hand memory back, so "now" is compared with the sampled range)
+    sampled = [mb for _, mb in rss["timeline"]]
+    assert rss["start"] > 100 and 0.5 * min(sampled) <= now_mb <= 1.25 * rss["peak"]
+    assert max(rss["start"], rss["after_warmup"], rss["end"]) <= rss["peak"]
+    times = [t for t, _ in rss["timeline"]]
+    assert len(times) >= 2 and times == sorted(times)
+    assert rss["flat"] == (rss["growth_pct"] <= 10)  # the report's verdict is its own figure against the 10% rule
+    assert report["sizes"] == [128, 160] and report["video_shapes"] == [[320, 240], [200, 320]]
+    gradio, exported = report["folders"]["gradio_temp"], report["folders"]["export_cache"]
+    assert gradio["path"] == served.env["GRADIO_TEMP_DIR"] and len(gradio["timeline"]) >= 5  # every 2 s
+    assert gradio["files_peak"] > 0  # the uploads land there
+    assert exported["path"] == served.env["STARNET_EXPORT_DIR"] and exported["mb_end"] > 0  # the warm-up's export
     assert f"{report['done']} done, 0 failed" in capsys.readouterr().out
     assert served.alive()
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -29,17 +30,14 @@ from ultralytics.utils import ASSETS
 
 from starnet_demo import cli
 from starnet_demo.inference import devices, runtimes
+from starnet_demo.inference.backends import load_backend
 from starnet_demo.inference.detector import Detector, clear_detectors, get_detector
+from starnet_demo.inference.exports import export
 from starnet_demo.inference.latency import measure
-from starnet_demo.inference.runtimes import (
-    export,
-    load_backend,
-    openvino_cpu_bf16,
-    precisions,
-    resolve_runtime,
-    unavailable_reason,
-    use_threads,
-)
+from starnet_demo.inference.precision import precisions
+from starnet_demo.inference.runtimes import openvino_cpu_bf16, resolve_runtime, unavailable_reason
+from starnet_demo.inference.spec import resolve_spec
+from starnet_demo.inference.threads import current_threads, use_threads
 from starnet_demo.models.yolo import BASELINE, COCO_NAMES, build_model
 from starnet_demo.tools.bench import busy_cores
 from starnet_demo.weights.files import EMBEDDED_DIR, save_weights
@@ -48,6 +46,11 @@ IMGSZ = 320
 CONF = 0.25
 IMAGES = ("bus.jpg", "zidane.jpg")
 TEACHER = Path(__file__).resolve().parents[2] / "shared" / "teachers" / "yolov8n-coco.safetensors"
+
+
+def detector_of(*args, **kwargs) -> Detector:
+    """A detector of its own, outside the pool."""
+    return Detector(resolve_spec(*args, **kwargs))
 
 
 def rgb(name: str) -> np.ndarray:
@@ -132,17 +135,18 @@ def assert_same_detections(a: sv.Detections, b: sv.Detections, floor: float) -> 
 @pytest.fixture(scope="module")
 def reference(trained):
     """PyTorch's detections on each example image."""
-    detector = Detector(trained, "cpu", "pytorch", IMGSZ)
+    detector = detector_of(trained, "cpu", "pytorch", IMGSZ)
     return {name: detector.detect(rgb(name), conf=CONF)[0] for name in IMAGES}
 
 
-def test_reference_has_detections(reference):
-    assert len(reference["bus.jpg"]) > 0
+def test_reference_finds_the_people_on_the_bus_photo(reference):
+    people = reference["bus.jpg"][reference["bus.jpg"].data["class_name"] == "person"]
+    assert len(people) >= 2 and people.confidence.max() > 0.5, reference["bus.jpg"]
 
 
 @pytest.mark.parametrize(("runtime", "precision"), cpu_runtimes())
 def test_runtime_detections_match_pytorch(trained, reference, runtime, precision):
-    detector = Detector(trained, "cpu", runtime, IMGSZ, precision)
+    detector = detector_of(trained, "cpu", runtime, IMGSZ, precision)
     assert (detector.runtime, detector.precision) == (runtime, precision)
     for name in IMAGES:
         detections, timings = detector.detect(rgb(name), conf=CONF)
@@ -153,7 +157,8 @@ def test_runtime_detections_match_pytorch(trained, reference, runtime, precision
 
 def test_pytorch_rewrite_levels_agree(trained, reference):
     for rewrite in ("none", "fold"):
-        detections, _ = Detector(trained, "cpu", "pytorch", IMGSZ, rewrite=rewrite).detect(rgb("bus.jpg"), conf=CONF)
+        detector = detector_of(trained, "cpu", "pytorch", IMGSZ, rewrite=rewrite)
+        detections, _ = detector.detect(rgb("bus.jpg"), conf=CONF)
         assert_same_detections(detections, reference["bus.jpg"], floor=CONF + 0.05)
 
 
@@ -161,18 +166,27 @@ def test_class_filter_and_rect_mode(trained, reference):
     detector = get_detector(trained, "cpu", "pytorch", IMGSZ)
     wanted = int(reference["bus.jpg"].class_id[0])
     only, _ = detector.detect(rgb("bus.jpg"), conf=CONF, classes=[wanted])
+    square = reference["bus.jpg"]
     assert len(only) and set(only.class_id) == {wanted}
+    assert_same_detections(only, square[square.class_id == wanted], floor=CONF)  # that class's boxes, all of them
     rect, _ = detector.detect(rgb("bus.jpg"), conf=CONF, rect=True)  # 320x256 input instead of 320x320
-    assert len(rect) and rect.xyxy.max() <= max(rgb("bus.jpg").shape)
+    assert_same_detections(rect, square, floor=CONF + 0.1)  # the same objects, mapped back to the photo's pixels
 
 
-def test_auto_and_explicit_names_share_one_detector(env):
-    auto = resolve_runtime("auto", "cpu")
-    assert auto == ("openvino" if openvino_cpu_bf16() else "onnxruntime")
-    assert precisions(auto, "cpu")[0] == ("bf16" if openvino_cpu_bf16() else "fp32")
+def test_auto_and_explicit_names_share_one_detector_that_runs_what_it_says(env):
+    """``auto`` resolves to one spec with its explicit name; the backend built for it is that runtime, computing in
+    that precision (OpenVINO's compiled model reports its inference precision itself)."""
     detector = get_detector("s050", "cpu", "auto", IMGSZ)
-    assert detector is get_detector("s050", "cpu", auto, IMGSZ)
-    assert detector.precision == precisions(auto, "cpu")[0]
+    assert detector is get_detector("s050", "cpu", detector.runtime, IMGSZ, detector.precision)
+    backend = detector._backend((IMGSZ, IMGSZ))
+    assert type(backend).__name__ == {"openvino": "OpenVINOBackend", "onnxruntime": "OnnxRuntimeBackend"}[
+        detector.runtime]
+    if detector.runtime == "openvino":
+        import openvino as ov
+
+        hint = backend.compiled.get_property("INFERENCE_PRECISION_HINT")
+        assert hint == {"bf16": ov.Type.bf16, "fp32": ov.Type.f32}[detector.precision]
+        assert detector.precision == ("bf16" if openvino_cpu_bf16() else "fp32")
 
 
 def test_every_shipped_weights_file_passed_the_bf16_guard():
@@ -200,14 +214,14 @@ def test_bad_settings_are_refused(env):
     with pytest.raises(ValueError, match="needs a CUDA device"):
         resolve_runtime("cudagraph", "cpu")
     with pytest.raises(ValueError, match="unknown runtime"):
-        Detector("s050", "cpu", "tensorrt", IMGSZ)
+        detector_of("s050", "cpu", "tensorrt", IMGSZ)
     with pytest.raises(ValueError, match="supports precision"):
-        Detector("s050", "cpu", "pytorch", IMGSZ, precision="fp16")
+        detector_of("s050", "cpu", "pytorch", IMGSZ, precision="fp16")
     with pytest.raises(ValueError, match="image size"):
-        Detector("s050", "cpu", "pytorch", 0)
+        detector_of("s050", "cpu", "pytorch", 0)
     if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="CUDA is not available"):
-            Detector("s050", "cuda:0", "pytorch", IMGSZ)
+        with pytest.raises(ValueError, match="device 'cuda:0' is not available here; choose one of cpu"):
+            detector_of("s050", "cuda:0", "pytorch", IMGSZ)
     with pytest.raises(ValueError, match="RGB uint8"):
         get_detector("s050", "cpu", "pytorch", IMGSZ).detect(np.zeros((8, 8), np.uint8))
 
@@ -271,15 +285,19 @@ def test_bench_cli_writes_records_and_markdown(env, tmp_path, capsys):
 
 
 def test_use_threads_sets_every_runtime(env):
-    """ONNX Runtime and OpenVINO backends built inside ``use_threads`` compute on that many threads, as PyTorch."""
-    model = with_real_batchnorms()
-    before = torch.get_num_threads()
+    """ONNX Runtime and OpenVINO backends of a spec resolved inside ``use_threads`` compute on that many threads, as
+    PyTorch; another thread meanwhile still sees no count of its own (the runtimes' choice)."""
+    before, seen = torch.get_num_threads(), []
     with use_threads(1):
         assert torch.get_num_threads() == 1
+        other = threading.Thread(target=lambda: seen.append(current_threads()))
+        other.start()
+        other.join()
         for runtime in ("onnxruntime", "openvino"):
             if unavailable_reason(runtime, "cpu") is None:
-                assert load_backend(model, runtime, "cpu", 64, "fp32").threads == 1
-    assert torch.get_num_threads() == before
+                spec = resolve_spec("s050", "cpu", runtime, 64)
+                assert spec.threads == 1 and detector_of("s050", "cpu", runtime, 64)._backend((64, 64)).threads == 1
+    assert seen == [None] and current_threads() is None and torch.get_num_threads() == before
 
 
 def test_cpu_label_counts_threads(monkeypatch):

@@ -15,13 +15,13 @@ import warnings
 import pytest
 import torch
 from app_support import BUS, boxy_weights, load_app
-from hub_server import HubServer
 from huggingface_hub import constants
 from test_hub import flipped, release_files
 from test_weights import pickle_that_mkdirs
 
 from starnet_demo.inference.detector import clear_detectors, get_detector
 from starnet_demo.models.yolo import build_model
+from starnet_demo.ui import handlers
 from starnet_demo.weights.files import FORMAT, save_weights
 
 REPO = "test-org/yolov8-starnet"
@@ -43,22 +43,14 @@ def local(tmp_path, release, monkeypatch):
 
 
 @pytest.fixture
-def hub(monkeypatch, release, tmp_path):
-    """The release tagged ``v1`` (the pin), a different s1 committed on ``main`` after it, and the app's
-    environment pointed at this Hub with an empty HF cache."""
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+def hub(hub, monkeypatch, tmp_path):
+    """conftest's Hub (this release tagged ``v1``, the pin) with a different s1 committed on ``main`` after it, and
+    an empty HF cache."""
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-    with HubServer() as server:
-        server.commit(REPO, release_files(release), message="v1")
-        server.tag(REPO, "v1")
-        torch.manual_seed(1)
-        newer = save_weights(build_model("s1"), tmp_path / "newer").parent
-        server.commit(REPO, release_files(newer), message="newer, not pinned")
-        monkeypatch.setenv("HF_ENDPOINT", server.url)
-        monkeypatch.setenv("STARNET_HUB_REPO", REPO)
-        monkeypatch.setenv("STARNET_HUB_REVISION", "v1")
-        yield server
+    torch.manual_seed(1)
+    newer = save_weights(build_model("s1"), tmp_path / "newer").parent
+    hub.commit(REPO, release_files(newer), message="newer, not pinned")
+    return hub
 
 
 @pytest.fixture
@@ -73,7 +65,7 @@ def detect(app) -> tuple[dict, list[str]]:
     """The detections JSON of one image request and the warnings it showed."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = app.detect_image(str(BUS), *SETTINGS)[1]
+        result = handlers.detect_image(str(BUS), *SETTINGS)[1]
     return result, [str(w.message) for w in caught if "weights" in str(w.message)]
 
 
@@ -87,20 +79,20 @@ def test_the_app_runs_the_pinned_release_from_the_hub(hub, local, release, app):
     assert not [path for _, path in hub.requests if "/resolve/main/" in path]
 
 
-def test_a_tampered_download_is_refused_and_the_app_falls_back_to_local_weights(hub, local, release, app):
+def test_a_tampered_download_is_refused_and_the_app_falls_back_to_local_weights(hub, local, release, app, caplog):
     genuine = (release / "s1.safetensors").read_bytes()
     hub.tamper(genuine, flipped(genuine))  # same size and advertised sha256, different bytes
     result, shown = detect(app)
     assert result["detections"], "the local weights should still detect"
     [notice] = shown
-    assert notice.startswith("S1 weights: the Hub copy of s1 (test-org/yolov8-starnet@v1) is refused as corrupt or "
-                             "tampered: sha256 ")
-    assert f"using local weights {local}" in notice and "\n" not in notice
+    assert notice == "S1 weights: the Hub release could not be used; using the weights shipped with the app."
+    assert "the Hub copy of s1 (test-org/yolov8-starnet@v1) is refused as corrupt or tampered: sha256 " in caplog.text
+    assert str(local) in caplog.text  # the server's log names the path; the user's notice does not
     assert get_detector("s1").config["source"] == "local"
     assert detect(app)[1] == [], "the notice is shown once per loaded model, not on every request"
 
 
-def test_a_pickle_on_the_hub_is_never_unpickled(hub, app, tmp_path, monkeypatch):
+def test_a_pickle_on_the_hub_is_never_unpickled(hub, app, tmp_path, monkeypatch, caplog):
     """With no local weights to trust, a self-consistent release of a pickle reaches the format check: refused."""
     monkeypatch.setenv("STARNET_WEIGHTS_DIR", str(tmp_path / "no-weights"))
     marker = tmp_path / "unpickled"
@@ -109,13 +101,13 @@ def test_a_pickle_on_the_hub_is_never_unpickled(hub, app, tmp_path, monkeypatch)
               "sha256": hashlib.sha256(payload).hexdigest()}
     hub.commit(REPO, {"s1.safetensors": payload, "s1.json": json.dumps(config).encode()})
     monkeypatch.setenv("STARNET_HUB_REVISION", "main")
-    with pytest.raises(app.gr.Error, match="Weights for this model are not available: .*refused as corrupt or "
-                                           "tampered: it is not a safetensors file"):
-        app.detect_image(str(BUS), *SETTINGS)
+    with pytest.raises(app.gr.Error, match="weights are not available on this server"):
+        handlers.detect_image(str(BUS), *SETTINGS)
+    assert "refused as corrupt or tampered: it is not a safetensors file" in caplog.text  # the reason, in the log
     assert not marker.exists()
 
 
 def test_an_unreachable_hub_is_a_notice_not_an_error(hub, local, app):
     hub.stop()
     result, [notice] = detect(app)
-    assert result["detections"] and "Hub unreachable" in notice
+    assert result["detections"] and "using the weights shipped with the app" in notice

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -115,7 +118,13 @@ def test_sweep_cell_statistics():
     assert cell["diff"] == pytest.approx(diffs.mean())
     assert cell["diff_se"] == pytest.approx(diffs.std(ddof=1) / np.sqrt(2))
     assert cell["star_acc"] == pytest.approx(np.mean(cell["star_per_seed"]))
-    assert isinstance(result["cpu"], str) and result["cpu"]
+    # the record says what ran and where: the settings given, and this machine's CPU as /proc/cpuinfo names it
+    assert (result["settings"]["n"], result["settings"]["steps"], result["settings"]["seeds"]) == (60, 5, [0, 1])
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+             if line.startswith("model name")] if cpuinfo.is_file() else []
+    assert result["cpu"] == (names[0] if names else "unknown")
+    assert (result["cpu_count"], result["torch_threads"]) == (os.cpu_count(), torch.get_num_threads())
 
 
 @pytest.mark.parametrize(("call", "message"), [

@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from torch import nn
 from ultralytics.data.dataset import YOLODataset
 from ultralytics.data.utils import check_det_dataset
+from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils import DEFAULT_CFG
 from ultralytics.utils.patches import torch_load
 
@@ -230,6 +231,61 @@ def test_earlier_seconds_sums_the_processes_before_a_resume(tmp_path):
     assert _earlier_seconds(tmp_path / "missing.csv") == 0
 
 
+class _PacedTrainer:
+    """What ``EpochBudget`` reads and sets on ultralytics' trainer, with its real scheduler, on a fake clock."""
+
+    def __init__(self, iterations: int, lr0: float = 0.01) -> None:
+        self.args = type("Args", (), {"epochs": train_module.BUDGET_EPOCHS, "cos_lr": True, "lrf": 0.05})()
+        self.epochs, self.epoch, self.start_epoch, self.batch_size = self.args.epochs, 0, 0, 16
+        self.train_loader, self.train_time_start = range(iterations), 0.0
+        self.optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=lr0)
+        self._setup_scheduler()
+        self.scheduler.step()  # the loop's step at the start of epoch 0
+
+    _setup_scheduler = DetectionTrainer._setup_scheduler
+
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+
+def test_a_time_budget_sizes_whole_epochs_once_on_one_cosine_schedule(monkeypatch):
+    """0.5 s per iteration, 20 per epoch, 100 s: 9 whole epochs fit (5 % kept for saving), decided during the first
+    one, with the schedule of a 9-epoch run from then on, ending at lr0 * lrf; a later slowdown cuts the epochs to
+    what still fits. Ultralytics' ``time=`` instead rebuilds the schedule after every epoch."""
+    from starnet_demo.training.train import EpochBudget
+
+    clock = iter(float(t) for t in range(10_000))
+    monkeypatch.setattr(train_module.time, "time", lambda: next(clock) * 0.5)
+    trainer, budget = _PacedTrainer(iterations=20), EpochBudget(100, skip=3, measure=10)
+    for _ in range(13):
+        budget.on_train_batch_end(trainer)
+    assert trainer.epochs == budget.decided["epochs"] == 9 and budget.decided["seconds_per_iteration"] == 0.5
+    assert budget.decided["images_per_second"] == 32
+    reference = _PacedTrainer(iterations=20)
+    reference.epochs = 9
+    reference._setup_scheduler()
+    reference.scheduler.step()
+    assert trainer.lr() == pytest.approx(reference.lr())
+    for epoch in range(1, 9):
+        trainer.epoch = epoch
+        trainer.scheduler.step()
+        reference.scheduler.step()
+        assert trainer.lr() == pytest.approx(reference.lr())
+    assert trainer.lr() == pytest.approx(0.01 * 0.05)
+
+    slow, budget = _PacedTrainer(iterations=20), EpochBudget(100, skip=3, measure=10)
+    for _ in range(13):
+        budget.on_train_batch_end(slow)
+    monkeypatch.setattr(train_module.time, "time", lambda: 60.0)  # epoch 0 ended 60 s in, not 10
+    budget.on_train_epoch_end(slow)
+    assert slow.epochs == 1 and budget.decided["resized"] == [{"after_epoch": 1, "epochs": 1}]
+
+
+def test_a_time_budget_needs_an_explicit_optimizer(shapes_data, tmp_path):
+    with pytest.raises(ValueError, match="explicit optimizer"):
+        train("s050", str(shapes_data), stage="finetune", budget_s=6, project=str(tmp_path), optimizer="auto")
+
+
 def test_cpu_training_uses_every_core(shapes_data, tmp_path):
     """Ultralytics sets torch to cores - 1 threads for CPU training and then loads data in the same process."""
     threads = torch.get_num_threads()
@@ -298,7 +354,7 @@ def test_cli_refuses_frozen_bn_outside_distill(shapes_data, tmp_path, capsys):
             in capsys.readouterr().err)
     assert main(["train", "--variant", "s050", "--stage", "distill", "--reestimate-bn", "--data", str(shapes_data),
                  "--project", str(tmp_path)]) == 2
-    assert "reestimate_bn needs trained weights" in capsys.readouterr().err
+    assert "--reestimate-bn needs trained weights" in capsys.readouterr().err
     assert main(["train", "--variant", "s050", "--stage", "distill,finetune", "--resume", str(tmp_path / "last.pt"),
                  "--data", str(shapes_data)]) == 2
     assert "--resume continues one run" in capsys.readouterr().err

@@ -20,6 +20,7 @@ from torch import nn
 from ultralytics.nn.modules import SPPF
 from ultralytics.nn.tasks import DetectionModel
 
+from ..errors import InputError
 from ..inference.detector import Detector
 from ..inference.preprocess import square
 
@@ -66,7 +67,7 @@ def target_layers(model: DetectionModel, layer: str = "neck") -> list[nn.Module]
         return [model.model[i] for i in model.model[-1].f]
     if layer == "sppf":
         return [m for m in model.model if isinstance(m, SPPF)]
-    raise ValueError(f"unknown layer {layer!r:.20}; choose one of {', '.join(LAYERS)}")
+    raise InputError(f"unknown layer {layer!r:.20}; choose one of {', '.join(LAYERS)}")
 
 
 @dataclass

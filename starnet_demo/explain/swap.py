@@ -22,6 +22,7 @@ import numpy as np
 import supervision as sv
 import torch
 
+from ..errors import InputError
 from ..inference.detector import Detector
 from ..inference.preprocess import square
 from ..models.backbone import get_variant
@@ -42,7 +43,7 @@ def swap_keys(variant: str, scopes: str | Sequence[str]) -> list[str]:
     keys = get_variant(variant).block_keys
     scopes = list(scopes) if isinstance(scopes, (list, tuple)) else [] if scopes is None else [scopes]
     if not scopes:
-        raise ValueError("choose where to swap the star for a sum: all, a stage or blocks")
+        raise InputError("choose where to swap the star for a sum: all, a stage or blocks")
     chosen: set[str] = set()
     for scope in scopes:
         scope = str(scope).strip().lower()
@@ -54,7 +55,7 @@ def swap_keys(variant: str, scopes: str | Sequence[str]) -> list[str]:
         elif scope in keys:
             chosen.add(scope)
         else:
-            raise ValueError(f"cannot swap {scope!r:.20} in {variant}; choose all, stage 0-{keys[-1][0]} or a block "
+            raise InputError(f"cannot swap {scope!r:.20} in {variant}; choose all, stage 0-{keys[-1][0]} or a block "
                              f"such as {keys[-1]}")
     return [k for k in keys if k in chosen]
 

@@ -31,6 +31,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import nn
 
+from ..errors import InputError
+
 Fusion = Literal["star", "sum"]
 FUSIONS: tuple[str, ...] = ("star", "sum")
 # Per-set Gaussian sigma (each set spans about [-1, 1]): the best boundary stays near but mostly below 100%, far above
@@ -46,17 +48,17 @@ MAX_WIDTH, MAX_DEPTH = 256, 6
 
 def _check(name: str | None = None, noise: float | None = None, width: int | None = None,
            depth: int | None = None, fusion: str | None = None) -> None:
-    """One-line ``ValueError`` for the first bad argument; ``None`` means "not given"."""
+    """One-line ``InputError`` for the first bad argument; ``None`` means "not given"."""
     if name is not None and name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+        raise InputError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     if noise is not None and not 0.0 <= noise <= 1.0:
-        raise ValueError(f"noise must be in [0, 1], got {noise}")
+        raise InputError(f"noise must be in [0, 1], got {noise}")
     if width is not None and not (isinstance(width, int) and 1 <= width <= MAX_WIDTH):
-        raise ValueError(f"width must be an integer in [1, {MAX_WIDTH}], got {width!r}")
+        raise InputError(f"width must be an integer in [1, {MAX_WIDTH}], got {width!r}")
     if depth is not None and not (isinstance(depth, int) and 1 <= depth <= MAX_DEPTH):
-        raise ValueError(f"depth must be an integer in [1, {MAX_DEPTH}], got {depth!r}")
+        raise InputError(f"depth must be an integer in [1, {MAX_DEPTH}], got {depth!r}")
     if fusion is not None and fusion not in FUSIONS:
-        raise ValueError(f"fusion must be 'star' or 'sum', got {fusion!r}")
+        raise InputError(f"fusion must be 'star' or 'sum', got {fusion!r}")
 
 
 def _moons(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

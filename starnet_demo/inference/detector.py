@@ -1,16 +1,19 @@
-"""A loaded detector: one variant, on one device, with one runtime, returning ``supervision.Detections``.
+"""A loaded detector: one resolved ``ModelSpec`` (variant, device, runtime, precision, …), returning
+``supervision.Detections``.
 
-Every runtime except ``ultralytics`` shares one pipeline: ultralytics' ``LetterBox`` to a square ``imgsz`` →
-the runtime's forward pass (``runtimes.py``) → ultralytics' NMS and box rescaling. So runtimes differ only in how the
-network is computed, and their detections agree. ``ultralytics`` is ultralytics' own ``YOLO.predict`` on the PyTorch
-model, kept as the baseline the benchmark compares against.
+Every runtime except ``ultralytics`` shares one pipeline: ultralytics' ``LetterBox`` to a square ``imgsz`` (or, for
+video and webcam frames, one of a few rectangles: ``preprocess.rect_bucket``) → the runtime's forward pass
+(``backends``) → ultralytics' NMS and box rescaling. So runtimes differ only in how the network is computed, and their
+detections agree. ``ultralytics`` is ultralytics' own ``YOLO.predict`` on the PyTorch model, kept as the baseline the
+benchmark compares against.
 
-Detectors are cached per (variant, device, runtime, imgsz, precision) and hold a lock: neither ultralytics models nor
-compiled runtimes' requests are thread-safe.
+Detectors and their per-shape backends live in one bounded pool (``pool.ModelPool``), keyed on the spec; each
+detector holds a lock: neither ultralytics models nor compiled runtimes' requests are thread-safe.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import threading
 import time
@@ -25,14 +28,19 @@ import torch
 from ultralytics.nn.tasks import DetectionModel
 from ultralytics.utils import nms, ops
 
+from ..errors import InputError
 from ..models.star import StarMaps, capture_star
 from ..models.yolo import as_yolo, build_model
-from ..weights.files import WeightsError, load_weights
-from ..weights.hub import resolve
-from .preprocess import Shape, check_imgsz, letterbox, rect_shape, square
-from .runtimes import Backend, Progress, check_precision, default_rewrite, is_cuda, load_backend, resolve_runtime
+from ..weights.files import build
+from ..weights.hub import forget_located
+from .backends import Backend, load_backend
+from .pool import ModelPool
+from .preprocess import Shape, check_imgsz, letterbox, rect_bucket, square
+from .runtimes import EXPORT_FORMATS, Progress, is_cuda
+from .spec import ModelSpec, resolve_spec
 
-
+#: The process's models: detectors (keyed on their spec) and backends (keyed on spec and input shape).
+POOL = ModelPool()
 @dataclass(frozen=True)
 class Timings:
     """Per-image milliseconds."""
@@ -46,68 +54,52 @@ class Timings:
         return self.preprocess_ms + self.inference_ms + self.postprocess_ms
 
 
-def normalise_device(device: str) -> str:
-    """``0`` → ``cuda:0``; ``cpu``, ``cuda`` and ``cuda:N`` pass through."""
-    device = str(device).strip().lower()
-    return f"cuda:{device}" if device.isdigit() else device
-
-
 def _check_rgb(image: np.ndarray) -> None:
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         got = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
-        raise ValueError(f"expected an RGB uint8 image (H, W, 3), got {got}")
+        raise InputError(f"expected an RGB uint8 image (H, W, 3), got {got}")
     if min(image.shape[:2]) < 1:
-        raise ValueError(f"empty image {image.shape}")
+        raise InputError(f"empty image {image.shape}")
 
 
-def load_model(variant: str, allow_untrained: bool = False):
-    """(model, config) for a variant: the pinned Hub release, verified, else the weights folder (``hub.resolve``);
-    config ``source`` says which, ``notice`` why not the Hub (one line for the UI; None when it was used).
-
-    Without weights, a model with ``allow_untrained`` (the benchmark's timing only) is built untrained from a fixed
-    seed, so that their exports are cached across processes; config ``trained`` is False.
-    """
-    try:
-        resolved = resolve(variant)
-    except WeightsError:
-        if not allow_untrained:
-            raise
+def load_model(spec: ModelSpec) -> tuple[DetectionModel, dict[str, Any]]:
+    """(model, config) for a spec: its located weights, or without any (``allow_untrained``, the benchmark's timing
+    only) a model built untrained from a fixed seed, so that its exports are cached across processes."""
+    if spec.weights is None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            model = build_model(variant).eval()
-        return model, {"variant": variant, "trained": False}
-    model, config = load_weights(resolved.path)
-    return model, {**config, "source": resolved.source, "notice": resolved.notice}
+            model = build_model(spec.variant).eval()
+        return model, {"variant": spec.variant, "trained": False}
+    w = spec.weights
+    return build(w.config, w.tensors), {**w.config, "source": w.source, "notice": w.notice}
+
+
+def _tensor_bytes(model: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
 
 
 class Detector:
-    """Thread-safe ``detect(image) -> (Detections, Timings)`` for one variant, device and runtime.
+    """Thread-safe ``detect(image) -> (Detections, Timings)`` for one ``ModelSpec`` (``spec.resolve_spec``).
 
-    ``runtime`` is one of ``runtimes.RUNTIMES`` or ``auto`` (the fastest for the device; ``self.runtime`` says which).
-    ``precision`` defaults to the runtime's default for the device (``self.precision``), ``rewrite`` to the rewrites
-    that pay on the runtime (``runtimes.BEST_REWRITE``; ``rewrite.REWRITES``). ``progress(fraction, desc=…)``
-    hears about export and compilation, which happen once per input shape (see ``prepare``).
-
-    Inputs are letterboxed to a square ``imgsz``; ``detect(..., rect=True)`` letterboxes to the smallest rectangle
-    instead (ultralytics' rect mode: 640×480 for a 4:3 video, a quarter fewer pixels), which suits video, whose frames
-    all share one shape. Each new shape costs one export on the exported runtimes.
+    ``progress(fraction, desc=…)`` hears about export and compilation, which happen once per input shape (see
+    ``prepare``). Inputs are letterboxed to a square ``imgsz``; ``detect(..., rect=True)`` letterboxes to a rectangle
+    instead (ultralytics' rect mode, rounded up to one of ``preprocess.RECT_BUCKETS``: 640×480 for a 4:3 video, a
+    quarter fewer pixels than the square), which suits video, whose frames all share one shape.
     """
 
-    def __init__(self, variant: str, device: str = "cpu", runtime: str = "pytorch", imgsz: int = 640,
-                 precision: str | None = None, rewrite: str | None = None, progress: Progress | None = None,
-                 allow_untrained: bool = False):
-        self.device = normalise_device(device)
-        self.runtime = resolve_runtime(runtime, self.device)
-        self.precision = check_precision(self.runtime, self.device, precision, variant)
-        self.variant, self.imgsz, self.rewrite = variant, check_imgsz(imgsz), rewrite or default_rewrite(self.runtime)
-        self.model, self.config = load_model(variant, allow_untrained)
+    def __init__(self, spec: ModelSpec, progress: Progress | None = None, prepare: bool = True):
+        self.spec = spec
+        self.variant, self.device, self.runtime, self.precision = spec.variant, spec.device, spec.runtime, \
+            spec.precision
+        self.imgsz, self.rewrite = spec.imgsz, spec.rewrite
+        self.model, self.config = load_model(spec)
         self.names: dict[int, str] = dict(self.model.names)
-        self._backends: dict[Shape, Backend] = {}
         self._lock = threading.Lock()
         self._cuda = is_cuda(self.device)
+        self.prepared = False  # whether the square ``imgsz`` backend was built (``prepare``)
         if self.runtime == "ultralytics":
             self._yolo = as_yolo(copy.deepcopy(self.model))  # its predictor fuses the model in place: keep ours intact
-        else:
+        elif prepare:
             self.prepare(self.imgsz, progress)
 
     @property
@@ -132,13 +124,24 @@ class Detector:
             return
         size = check_imgsz(imgsz or self.imgsz)
         with self._lock:
-            self._backend(rect_shape(image_hw, size) if image_hw else (size, size), progress)
+            self._backend(rect_bucket(image_hw, size) if image_hw else (size, size), progress)
+        self.prepared = self.prepared or (image_hw is None and size == self.imgsz)
 
     def _backend(self, shape: Shape, progress: Progress | None = None) -> Backend:
-        if shape not in self._backends:
-            self._backends[shape] = load_backend(self.model, self.runtime, self.device, shape, self.precision,
-                                                 self.rewrite, progress)
-        return self._backends[shape]
+        """The backend for an input shape, from the pool (loaded, and exported, on first use)."""
+        def load() -> Backend:
+            s = self.spec
+            return load_backend(self.model, s.runtime, s.device, shape, s.precision, s.rewrite, progress, s.threads)
+
+        return POOL.get((self.spec, shape), load, floor=self._least_cost, owner=self.spec)
+
+    def _least_cost(self, backend: Backend) -> int:
+        """The least a backend may be said to cost: its model files on disk, else the PyTorch model's tensors."""
+        path = getattr(backend, "path", None)
+        if self.runtime in EXPORT_FORMATS and path is not None:
+            with contextlib.suppress(OSError):  # evicted from the export cache meanwhile
+                return sum(p.stat().st_size for p in path.parent.glob(f"{path.stem}.*") if p.is_file())
+        return _tensor_bytes(self.model)
 
     def _clock(self) -> float:
         if self._cuda:
@@ -154,7 +157,7 @@ class Detector:
         with self._lock:
             if self.runtime == "ultralytics":
                 return self._detect_ultralytics(image, conf, iou, size, classes, max_det)
-            shape = rect_shape(image.shape[:2], size) if rect else (size, size)
+            shape = rect_bucket(image.shape[:2], size) if rect else (size, size)
             backend = self._backend(shape)
             t0 = self._clock()
             letterboxed = letterbox(image, shape)
@@ -211,32 +214,22 @@ class Detector:
                                                                speed["postprocess"])
 
 
-_detectors: dict[tuple, Detector] = {}
-_key_locks: dict[tuple, threading.Lock] = {}
-_registry_lock = threading.Lock()
+def detector_for(spec: ModelSpec, progress: Progress | None = None) -> Detector:
+    """The pooled detector of a resolved spec, loaded on first use (``progress`` hears about that load). Its first
+    backend is built outside the detector's pool entry, so each entry's cost is its own."""
+    detector = POOL.get(spec, lambda: Detector(spec, progress, prepare=False), floor=lambda d: _tensor_bytes(d.model))
+    if not detector.prepared and detector.runtime != "ultralytics":
+        detector.prepare(progress=progress)
+    return detector
 
 
 def get_detector(variant: str, device: str = "cpu", runtime: str = "pytorch", imgsz: int = 640,
                  precision: str | None = None, progress: Progress | None = None) -> Detector:
-    """The process-wide Detector for these settings, loaded on first use (``progress`` hears about that load).
-
-    ``auto`` and explicit names share one detector: the key holds the resolved runtime and precision.
-    """
-    device = normalise_device(device)
-    resolved = resolve_runtime(runtime, device)
-    key: tuple[Any, ...] = (variant, device, resolved, check_imgsz(imgsz),
-                            check_precision(resolved, device, precision, variant))
-    with _registry_lock:
-        if key in _detectors:
-            return _detectors[key]
-        lock = _key_locks.setdefault(key, threading.Lock())
-    with lock:  # one load per key; other keys load in parallel
-        if key not in _detectors:
-            _detectors[key] = Detector(variant, device, resolved, imgsz, key[4], progress=progress)
-        return _detectors[key]
+    """The pooled detector for these settings (``resolve_spec``; ``auto`` and the name it resolves to share one)."""
+    return detector_for(resolve_spec(variant, device, runtime, imgsz, precision), progress)
 
 
 def clear_detectors() -> None:
-    """Forget every cached detector (tests; freeing memory)."""
-    with _registry_lock:
-        _detectors.clear()
+    """Forget every pooled model and located weights file (tests; freeing memory)."""
+    POOL.clear()
+    forget_located()

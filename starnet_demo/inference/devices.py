@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 
 import torch
 
+from ..errors import InputError
+
 T = TypeVar("T")
 
 
@@ -76,11 +78,14 @@ def why_no_gpu() -> str | None:
             "(no NVIDIA driver, or CUDA_VISIBLE_DEVICES hides them).")
 
 
-def check(device: str) -> str:
-    """``device`` itself if this machine has it, else a ``ValueError`` naming the ones it has."""
-    if device not in available():
-        raise ValueError(f"device {device!r} is not available here; choose one of {', '.join(available())}")
-    return device
+def normalise(device: object) -> str:
+    """The one device rule: ``0``, ``cuda`` and ``CUDA:0`` → ``cuda:0``; ``cpu`` → ``cpu``; a device this machine
+    does not have is an ``InputError`` naming the ones it has."""
+    name = str(device).strip().lower()
+    name = f"cuda:{name}" if name.isdigit() else "cuda:0" if name == "cuda" else name
+    if name not in available():
+        raise InputError(f"device {str(device)!r:.20} is not available here; choose one of {', '.join(available())}")
+    return name
 
 
 def gpu_unavailable(error: BaseException) -> bool:

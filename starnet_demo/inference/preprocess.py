@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
 from ultralytics.data.augment import LetterBox
+
+from ..errors import InputError
 
 STRIDE = 32
 MAX_IMGSZ = 1920
@@ -21,9 +24,9 @@ Shape = tuple[int, int]
 def check_imgsz(imgsz: int | float) -> int:
     """Round up to a multiple of the stride, as ultralytics does; reject sizes no model runs at."""
     if isinstance(imgsz, bool) or not isinstance(imgsz, (int, float)) or imgsz != imgsz:  # NaN is not equal to itself
-        raise ValueError(f"image size must be a number from {STRIDE} to {MAX_IMGSZ}, got {imgsz!r:.40}")
+        raise InputError(f"image size must be a number from {STRIDE} to {MAX_IMGSZ}, got {imgsz!r:.40}")
     if not STRIDE <= imgsz <= MAX_IMGSZ:
-        raise ValueError(f"image size must be a number from {STRIDE} to {MAX_IMGSZ}, got {imgsz}")
+        raise InputError(f"image size must be a number from {STRIDE} to {MAX_IMGSZ}, got {imgsz}")
     return -(-int(imgsz) // STRIDE) * STRIDE
 
 
@@ -34,10 +37,28 @@ def rect_shape(image_hw: Shape, imgsz: int) -> Shape:
     return (-(-max(round(h * r), 1) // STRIDE) * STRIDE, -(-max(round(w * r), 1) // STRIDE) * STRIDE)
 
 
+#: Short sides of a rect letterbox, as fractions of ``imgsz``: 4:3 and 16:9 frames fit exactly, any other aspect
+#: ratio takes the next one up. So a stream of odd videos shares a few shapes, each of which costs an export and a
+#: compiled model, instead of minting one per aspect ratio.
+RECT_BUCKETS = (0.25, 0.5625, 0.75, 1.0)
+
+
+def rect_bucket(image_hw: Shape, imgsz: int) -> Shape:
+    """``rect_shape`` with each side rounded up to the next of ``RECT_BUCKETS`` (at most 7 shapes per ``imgsz``)."""
+    sides = [-(-round(imgsz * f) // STRIDE) * STRIDE for f in RECT_BUCKETS]
+    h, w = rect_shape(image_hw, imgsz)
+    return next(s for s in sides if s >= h), next(s for s in sides if s >= w)
+
+
 def letterbox(image: np.ndarray, shape: int | Shape = 640) -> np.ndarray:
     """``image`` (any channel order, ``uint8`` HWC) scaled to fit ``shape`` and padded, as the detector sees it."""
     shape = (shape, shape) if isinstance(shape, int) else tuple(shape)
     return LetterBox(shape, auto=False, stride=STRIDE)(image=image)
+
+
+def blob(letterboxed: np.ndarray) -> np.ndarray:
+    """HWC uint8 → 1×3×H×W float32 in [0, 1], in one OpenCV pass (the pixels are already RGB)."""
+    return cv2.dnn.blobFromImage(letterboxed, scalefactor=1 / 255)
 
 
 def to_tensor(letterboxed: np.ndarray) -> torch.Tensor:

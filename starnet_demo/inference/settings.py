@@ -1,16 +1,16 @@
 """One validation of a detection request's settings, for the app, its API and the CLI alike: every bad value fails
-with a ``ValueError`` that names the setting."""
+with an ``InputError`` (a ``ValueError``) that names the setting."""
 
 from __future__ import annotations
 
 import math
 from typing import NamedTuple
 
+from ..errors import InputError
 from ..models.backbone import VARIANTS
 from ..models.yolo import BASELINE
 from . import devices
 from .preprocess import check_imgsz
-from .runtimes import unavailable_reason
 
 
 class Settings(NamedTuple):
@@ -25,38 +25,29 @@ def check_variant(variant: object) -> str:
     """``s1``, ``S1``, ``StarNet-S1`` → ``s1``; ``yolov8n`` is the reference model."""
     name = str(variant or "").lower().removeprefix("starnet-").removeprefix("starnet_")
     if name not in VARIANTS and name != BASELINE:
-        raise ValueError(f"unknown variant {variant!r:.40}; choose one of {', '.join([*VARIANTS, BASELINE])}")
+        raise InputError(f"unknown variant {variant!r:.40}; choose one of {', '.join([*VARIANTS, BASELINE])}")
     return name
 
 
 def check_number(name: str, value: object, lo: float, hi: float) -> float:
-    """A finite number from ``lo`` to ``hi`` (booleans and NaN refused), or a ``ValueError`` naming the setting."""
+    """A finite number from ``lo`` to ``hi`` (booleans and NaN refused), or an ``InputError`` naming the setting."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
             or not lo <= value <= hi:
-        raise ValueError(f"{name} must be a number from {lo} to {hi}, got {value!r:.40}")
+        raise InputError(f"{name} must be a number from {lo} to {hi}, got {value!r:.40}")
     return float(value)
 
 
 def check_int(name: str, value: object, lo: int, hi: int) -> int:
-    """A whole number from ``lo`` to ``hi`` (a Slider may send 8.0), or a one-line ``ValueError``."""
+    """A whole number from ``lo`` to ``hi`` (a Slider may send 8.0), or a one-line ``InputError``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi or value != int(value):
-        raise ValueError(f"{name} must be a whole number from {lo} to {hi}, got {value!r:.40}")
+        raise InputError(f"{name} must be a whole number from {lo} to {hi}, got {value!r:.40}")
     return int(value)
 
 
 def check_settings(variant: object, device: object, conf: object, iou: object, imgsz: object) -> Settings:
     """Validated, normalised settings (the image size rounded up to the stride, as ultralytics does)."""
-    return Settings(check_variant(variant), devices.check(str(device)), check_number("confidence", conf, 0, 1),
+    return Settings(check_variant(variant), devices.normalise(device), check_number("confidence", conf, 0, 1),
                     check_number("IoU", iou, 0, 1), check_imgsz(imgsz))
-
-
-def check_runtime(runtime: object, device: str) -> str:
-    """A runtime this device can run, or ``auto``."""
-    runtime = str(runtime or "auto")
-    reason = None if runtime == "auto" else unavailable_reason(runtime, device)
-    if reason:
-        raise ValueError(f"runtime {runtime!r} cannot run on {device}: {reason}")
-    return runtime
 
 
 def class_ids(names: dict[int, str], classes: object) -> list[int] | None:
@@ -66,9 +57,9 @@ def class_ids(names: dict[int, str], classes: object) -> list[int] | None:
     if isinstance(classes, str):
         classes = [classes]
     if not isinstance(classes, (list, tuple)) or not all(isinstance(c, str) for c in classes):
-        raise ValueError(f"classes must be a list of class names, got {classes!r:.80}")
+        raise InputError(f"classes must be a list of class names, got {classes!r:.80}")
     ids = {name: i for i, name in names.items()}
     unknown = [c for c in classes if c not in ids]
     if unknown:
-        raise ValueError(f"unknown class(es) {unknown}; this model knows {len(ids)} COCO classes")
+        raise InputError(f"unknown class(es) {unknown}; this model knows {len(ids)} COCO classes")
     return [ids[c] for c in classes]

@@ -9,6 +9,7 @@ counts per class.
 
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from ultralytics.utils.checks import check_yaml
 
 from ..media.video import MAX_BYTES, MAX_SECONDS, MAX_SIDE, probe
 from .detector import Detector
-from .pipeline import run_video
+from .pipeline import VideoOptions, run_video
 from .runtimes import Progress
 
 Annotate = Callable[[np.ndarray, sv.Detections], np.ndarray]
@@ -97,13 +98,15 @@ def detect_video(path: str | Path, detector: Detector, out_path: str | Path, *, 
                  iou: float = 0.45, imgsz: int | None = None, classes: list[int] | None = None, track: bool = False,
                  annotate: Annotate | None = None, max_seconds: float = MAX_SECONDS, max_bytes: int = MAX_BYTES,
                  max_side: int = MAX_SIDE, progress: Progress | None = None,
-                 on_frame: Callable[[sv.Detections, int], None] | None = None) -> VideoResult:
+                 on_frame: Callable[[sv.Detections, int], None] | None = None,
+                 stop: threading.Event | None = None) -> VideoResult:
     """Detect (and optionally track) objects in every frame of ``path``; write the H.264 mp4 to ``out_path``, drawn
     by ``annotate(frame_bgr, detections)`` (see ``pipeline.run_video``). ``on_frame(detections, frame_index)`` hears
     each frame's final detections (tracked, when tracking), e.g. to write them to a file.
 
     ``progress(fraction, desc=…)`` is ``gr.Progress``'s signature. Frames past ``max_seconds`` are not read even if the
-    header under-states the length. The output file is removed if anything fails.
+    header under-states the length. Setting ``stop`` ends the run within a frame (``pipeline.Cancelled``). The output
+    file is removed if anything fails or the run is stopped.
     """
     out_path = Path(out_path)
     try:
@@ -121,12 +124,13 @@ def detect_video(path: str | Path, detector: Detector, out_path: str | Path, *, 
                 on_frame(detections, index)
             return detections
 
-        stats = run_video(detector, path, out_path, conf=tracker.low if tracker else conf, iou=iou, imgsz=imgsz,
-                          classes=classes, max_frames=limit, annotate=annotate, on_detections=on_detections,
-                          progress=progress, info=info)
+        options = VideoOptions(conf=tracker.low if tracker else conf, iou=iou, imgsz=imgsz, classes=classes,
+                               max_frames=limit)
+        stats = run_video(detector, path, out_path, options, annotate=annotate, on_detections=on_detections,
+                          progress=progress, info=info, stop=stop)
     except BaseException:
         out_path.unlink(missing_ok=True)
         raise
     expected = min(info.frames, limit) if info.frames else 0
-    return VideoResult(out_path, stats.frames, stats.frames / fps, stats.wall_s, stats.fps, stats.width,
+    return VideoResult(out_path, stats.frames, stats.seconds, stats.wall_s, stats.fps, stats.width,
                        stats.height, track, truncated=stats.frames < expected - 1, counts=counter.rows(track))

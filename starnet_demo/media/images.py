@@ -13,11 +13,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..errors import UploadError
+
 MAX_PIXELS = 40_000_000  # ~ 7000 × 5700; larger uploads are refused before decoding
 MAX_SIDE = 16_384
 
 
-class ImageError(ValueError):
+class ImageError(UploadError):
     """An upload that is not a usable image; the message is meant for the user."""
 
 

@@ -9,22 +9,25 @@ from pathlib import Path
 
 import av
 
+from ..errors import UploadError
+
 MAX_BYTES = 200 * 2**20  # uploads above this are refused
 MAX_SECONDS = 60.0  # longer videos are refused: ~6 min of work for S1 on a 2-core CPU
 MAX_SIDE = 1920  # frames up to 1080p; larger ones would make a public CPU app wait for minutes
 
 
-class VideoError(ValueError):
+class VideoError(UploadError):
     """A video that cannot be processed; the message is meant for the user."""
 
 
 @dataclass(frozen=True)
 class VideoInfo:
-    width: int
+    width: int  # as shown: a rotation tag of ±90° swaps the stored sizes
     height: int
-    fps: float
+    fps: float  # the average rate; a variable-frame-rate clip keeps its own timestamps (``pipeline.run_video``)
     frames: int  # as the container states it; 0 when it does not say
     seconds: float
+    rotation: int = 0  # degrees counter-clockwise to turn the stored frames upright (PyAV's ``VideoFrame.rotation``)
 
 
 def probe(path: str | Path, max_bytes: int = MAX_BYTES, max_seconds: float = MAX_SECONDS,
@@ -52,12 +55,15 @@ def probe(path: str | Path, max_bytes: int = MAX_BYTES, max_seconds: float = MAX
                 seconds = container.duration / av.time_base
             else:
                 seconds = stream.frames / fps if stream.frames and fps else 0.0
-            info = VideoInfo(stream.codec_context.width, stream.codec_context.height, fps, stream.frames or 0,
-                             seconds)
             try:
-                next(container.decode(stream))
+                first = next(container.decode(stream))
             except (StopIteration, av.error.FFmpegError):
                 raise VideoError(f"{path.name} has no frame that can be decoded") from None
+            rotation = round(first.rotation / 90) * 90
+            w, h = stream.codec_context.width, stream.codec_context.height
+            if rotation % 180:
+                w, h = h, w
+            info = VideoInfo(w, h, fps, stream.frames or 0, seconds, rotation)
     except VideoError:
         raise
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as e:

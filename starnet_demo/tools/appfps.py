@@ -1,20 +1,28 @@
-"""``python -m starnet_demo app-fps``: the Webcam tab against the camera, in a real browser.
+"""``python -m starnet_demo app-fps``: the Webcam tab against the camera, in a real browser, and where each frame's
+time goes.
 
 Headless Chromium's fake camera plays a Y4M clip made here at a known frame rate (``write_y4m``): the example photo
 sliding sideways, each frame's index written as a bar code along its bottom edge. Chromium streams it through the
-app's Webcam tab; a script in the page times every annotated frame that comes back and reads two indices off the bar
-codes, the frame that was annotated and the frame the camera shows at that moment. So the tool reports the camera's
-own rate (counted in the page, beside the rate the clip declares), the app's rate as a share of it, how many camera
-frames each returned frame lags behind the live picture, and how many it moved on since the previous one (1: every
-camera frame was annotated). Chromium, the app and its detector share this machine's CPU, as a visitor's browser
-does not, so the figures are a lower bound for a visitor on a separate machine.
+app's Webcam tab. In the page, a light observer does work only when something happens: each camera frame
+(``requestVideoFrameCallback``) and each annotated frame shown (the output image's ``load``) has its bar code read off
+a 2-pixel strip; the JPEG encode of each frame sent is timed by wrapping ``toDataURL``, and the browser's resource
+timings give each frame's upload (the ``/stream`` POST) and each result's download. The app, started with
+``STARNET_WEBCAM_TRACE``, writes its own timings per frame (decode, detect, annotate). From these the tool reports the
+shown rate (``new_fps``: frames showing a newer camera frame), the lag behind the live camera in frames and ms, the
+median of each stage of a frame's trip (``stage_breakdown``) and the app's CPU time per handler call.
 
-The app runs as ``python app.py`` (``loadtest.serve_app``) unless ``--url`` names a running one. Needs Playwright
+Beside it, ``handler_fps``: ``ui.handlers.webcam_frame`` alone, called in a process of its own on the same frames (the
+clip, JPEG-encoded as the browser does) and on the app's cores: the rate the server could reach if the transport cost
+nothing. ``split_cores`` gives the app and Chromium one half of this machine's cores each, as a visitor's browser runs
+on another machine; without it they share every core, and the figures are a lower bound.
+
+The app runs as ``python app.py`` (``loadtest.serve_app``) unless ``url`` names a running one. Needs Playwright
 (``requirements-test.txt``) and a Chromium binary (``apt-get install chromium``).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -22,7 +30,9 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -42,23 +52,42 @@ BITS = 8  # a clip of up to 2**BITS frames loops without two frames sharing a co
 # over part of the code leaves a pair equal or an end wrong, so the code is not read rather than misread.
 CELLS = 2 * BITS + 2
 ABOVE = 48  # the code's distance from the bottom edge, clear of the app's FPS line (``viz.annotate.StatsAnnotator``)
+BROWSER_JPEG_QUALITY = 92  # what canvas.toDataURL("image/jpeg") uses, as Gradio's webcam calls it
+STAGES = ("camera_wait", "browser_encode", "upload", "queue_wait", "decode", "detect", "annotate", "encode_send",
+          "download", "render")
 
-# Runs in the page: decodes the bar code of an image or video element, and logs every new annotated frame with the
-# index it carries and the index the camera shows at that moment; counts the camera's frames as the page gets them.
-MONITOR_JS = """([bits, above, outSelector]) => {
-  const cells = 2 * bits + 2;
+# Runs before the page's own scripts: times each JPEG the page encodes (Gradio's webcam: canvas.toDataURL), and keeps
+# every resource timing (each frame's upload, a POST to /stream/<event>, and each result's download).
+INIT_JS = """(() => {
+  const log = window.__appfps = {on: false, encodes: [], shown: [], camera: [], origin: performance.timeOrigin};
+  performance.setResourceTimingBufferSize(1e6);
+  const toDataURL = HTMLCanvasElement.prototype.toDataURL;
+  HTMLCanvasElement.prototype.toDataURL = function (...args) {
+    const t0 = performance.now(), url = toDataURL.apply(this, args);
+    if (log.on && args[0] === 'image/jpeg') log.encodes.push({t0, t1: performance.now(), n: url.length});
+    return url;
+  };
+})()"""
+
+# Started once the stream runs: reads the bar code of each camera frame and each annotated frame shown, from a strip
+# two pixels high (read_code, in the page), and logs when each was presented.
+OBSERVE_JS = """([bits, above, outSelector]) => {
+  const log = window.__appfps, cells = 2 * bits + 2;
   const canvas = document.createElement('canvas');
+  canvas.width = cells * 4; canvas.height = 2;
   const g = canvas.getContext('2d', {willReadFrequently: true});
-  function decode(source, w, h) {  // read_code, in the page
+  function code(source, w, h) {
     if (!w || !h) return null;
-    canvas.width = w; canvas.height = h;
-    g.drawImage(source, 0, 0, w, h);
-    const strip = Math.floor(h / 10), cell = Math.floor(w / cells), y = h - strip - above;
+    const strip = Math.floor(h / 10), cell = Math.floor(w / cells);
+    g.drawImage(source, 0, h - strip - above + strip / 4, cells * cell, strip / 2, 0, 0, cells * 4, 2);
+    const d = g.getImageData(0, 0, cells * 4, 2).data;
     const bright = (i) => {
-      const d = g.getImageData(i * cell + cell / 4, y + strip / 4, cell / 2, strip / 2).data;
       let n = 0;
-      for (let k = 0; k < d.length; k += 4) n += (d[k] + d[k + 1] + d[k + 2] > 384) ? 1 : 0;
-      return n / (d.length / 4);
+      for (const y of [0, 1]) for (const x of [4 * i + 1, 4 * i + 2]) {
+        const k = (y * cells * 4 + x) * 4;
+        n += (d[k] + d[k + 1] + d[k + 2] > 384) ? 1 : 0;
+      }
+      return n / 4;
     };
     if (bright(0) < 0.75 || bright(cells - 1) > 0.25) return null;
     let v = 0;
@@ -69,29 +98,35 @@ MONITOR_JS = """([bits, above, outSelector]) => {
     }
     return v;
   }
-  const log = window.__appfps = {frames: [], camera: [], settings: null};
   const video = document.querySelector('video');
   const track = video && video.srcObject && video.srcObject.getVideoTracks()[0];
   log.settings = track ? track.getSettings() : null;
-  const onCamera = (now) => { log.camera.push(now); video.requestVideoFrameCallback(onCamera); };
-  if (video) video.requestVideoFrameCallback(onCamera);
-  let last = null;
-  const poll = async () => {
-    const img = document.querySelector(outSelector);
-    const src = img && img.getAttribute('src');
-    if (src && src !== last) {
-      last = src;
-      const t = performance.now();
-      const live = video ? decode(video, video.videoWidth, video.videoHeight) : null;
-      const shown = new Image();
-      shown.src = src;
-      try { await shown.decode(); } catch (e) { setTimeout(poll, 5); return; }
-      log.frames.push({t, camera: live, annotated: decode(shown, shown.naturalWidth, shown.naturalHeight)});
-    }
-    setTimeout(poll, 5);
+  const onCamera = (now) => {
+    log.camera.push({t: now, code: code(video, video.videoWidth, video.videoHeight)});
+    video.requestVideoFrameCallback(onCamera);
   };
-  poll();
+  if (video) video.requestVideoFrameCallback(onCamera);
+  const seen = new WeakSet();
+  const watch = () => {
+    const img = document.querySelector(outSelector);
+    if (!img || seen.has(img)) return;
+    seen.add(img);
+    img.addEventListener('load', () => {
+      const t_load = performance.now(), src = img.currentSrc || img.src;
+      const c = code(img, img.naturalWidth, img.naturalHeight);
+      requestAnimationFrame(() => log.shown.push({src, t_load, t_paint: performance.now(), code: c}));
+    });
+  };
+  watch();
+  new MutationObserver(watch).observe(document.body, {childList: true, subtree: true});
+  log.on = true;
 }"""
+
+# The uploads (the server has answered at responseStart) and the downloads of the results.
+RESOURCES_JS = """() => performance.getEntriesByType('resource')
+  .filter(e => e.name.includes('file=') || /\\/stream\\/[^/?]+$/.test(e.name))
+  .map(e => ({name: e.name, upload: !e.name.includes('file='), start: e.startTime, answer: e.responseStart,
+              end: e.responseEnd}))"""
 
 
 def frame_code(index: int, size: tuple[int, int]) -> np.ndarray:
@@ -123,10 +158,10 @@ def read_code(rgb: np.ndarray) -> int | None:
     return int("".join("1" if b >= 0.75 else "0" for b, _ in pairs), 2)
 
 
-def write_y4m(path: str | Path, frames: int = 200, size: tuple[int, int] = (640, 480), fps: int = 20,
-              image: str | Path | None = None) -> Path:
-    """A Y4M clip (what Chromium's fake camera plays, looping, at the ``F`` rate of its header) of ``image``
-    (default: the bus photo) sliding sideways, each frame's index in a bar code along the bottom (``frame_code``)."""
+def clip_frames(frames: int = 200, size: tuple[int, int] = (640, 480),
+                image: str | Path | None = None) -> Iterator[np.ndarray]:
+    """The clip's RGB frames: ``image`` (default: the bus photo) sliding sideways, each frame's index in a bar code
+    along the bottom (``frame_code``)."""
     if not 2 <= frames <= 2**BITS:
         raise ValueError(f"frames must be 2 to {2**BITS} (the bar code's range), got {frames}")
     w, h = size
@@ -137,50 +172,238 @@ def write_y4m(path: str | Path, frames: int = 200, size: tuple[int, int] = (640,
         raise ValueError(f"cannot read image {image or default_image()}")
     step = max(1, w // 160)
     src = cv2.cvtColor(cv2.resize(picture, (w + frames * step, h)), cv2.COLOR_BGR2RGB)
+    for i in range(frames):
+        rgb = np.ascontiguousarray(src[:, i * step: i * step + w])
+        rgb[h - h // 10 - ABOVE: h - ABOVE] = frame_code(i, size)
+        yield rgb
+
+
+def write_y4m(path: str | Path, frames: int = 200, size: tuple[int, int] = (640, 480), fps: int = 20,
+              image: str | Path | None = None) -> Path:
+    """A Y4M clip of ``clip_frames`` (what Chromium's fake camera plays, looping, at the ``F`` rate of its header)."""
+    w, h = size
+    rgbs = clip_frames(frames, size, image)  # checks the arguments before the file is opened
+    first = next(rgbs)
     with open(path, "wb") as f:
         f.write(f"YUV4MPEG2 W{w} H{h} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
-        for i in range(frames):
-            rgb = np.ascontiguousarray(src[:, i * step: i * step + w])
-            rgb[h - h // 10 - ABOVE: h - ABOVE] = frame_code(i, size)
+        for rgb in (first, *rgbs):
             f.write(b"FRAME\n" + cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420).tobytes())
     return Path(path)
 
 
-def summarise(frames: list[dict[str, Any]], camera: list[float], loop: int, declared_fps: float,
+# ---------------------------------------------------------------- cores
+def split_cores(cores: set[int] | None = None) -> tuple[set[int], set[int]]:
+    """This process's usable cores in two halves, (app, browser): the first half for the app."""
+    cores = sorted(cores if cores is not None else os.sched_getaffinity(0))
+    if len(cores) < 2:
+        raise ValueError("--split-cores needs at least 2 usable cores")
+    half = len(cores) // 2
+    return set(cores[:half]), set(cores[half:])
+
+
+def descendants(pid: int, skip: int | None = None) -> list[int]:
+    """``pid`` and every process below it (Linux ``/proc``), leaving out ``skip`` and what is below it."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        if p == skip:
+            continue
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def pin(pid: int, cores: set[int], skip: int | None = None) -> int:
+    """Every thread of ``pid`` and of the processes below it (but ``skip``'s) onto ``cores`` (what they start later
+    inherits it); returns how many threads were pinned."""
+    n = 0
+    for p in descendants(pid, skip):
+        for task in Path(f"/proc/{p}/task").glob("[0-9]*"):
+            try:
+                os.sched_setaffinity(int(task.name), cores)
+                n += 1
+            except (OSError, ValueError):  # ended meanwhile
+                pass
+    return n
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user and system) spent so far by ``pid`` and the processes below it."""
+    ticks = 0
+    for p in descendants(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+# ---------------------------------------------------------------- the handler alone
+def _jpeg_payloads(frames: int, size: tuple[int, int]) -> list[dict[str, str]]:
+    """The clip's frames as the browser sends them: JPEG data URLs at the browser's default quality."""
+    out = []
+    for rgb in clip_frames(frames, size):
+        jpeg = cv2.imencode(".jpg", rgb[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, BROWSER_JPEG_QUALITY])[1]
+        out.append({"url": "data:image/jpeg;base64," + base64.b64encode(jpeg.tobytes()).decode()})
+    return out
+
+
+def _handler_rate(cores: set[int] | None, variant: str, runtime: str, imgsz: int, frames: int,
+                  size: tuple[int, int], seconds: float, warm_up: int) -> dict[str, Any]:
+    """In a process of its own: ``webcam_frame`` called back to back on the clip's frames for ``seconds`` (after
+    ``warm_up`` calls), on ``cores``; the rate and the handler's own stage medians (from its trace)."""
+    if cores:
+        pin(os.getpid(), cores)
+    trace = Path(tempfile.mkstemp(prefix="app-fps-handler-", suffix=".jsonl")[1])
+    os.environ.update(STARNET_WEBCAM_TRACE=str(trace), HF_HUB_OFFLINE="1")  # as the app started here has it
+    try:
+        import torch
+
+        from ..ui import handlers
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // 2))  # as app.py sets it: cores // app.WORKERS
+        payloads, state = _jpeg_payloads(frames, size), None
+        for i in range(warm_up):
+            _, state = handlers.webcam_frame(payloads[i % len(payloads)], state, variant, "cpu", 0.25, 0.45, imgsz,
+                                             None, runtime)
+        trace.write_text("")
+        n, start, cpu = 0, time.perf_counter(), time.process_time()
+        while time.perf_counter() - start < seconds:
+            _, state = handlers.webcam_frame(payloads[n % len(payloads)], state, variant, "cpu", 0.25, 0.45, imgsz,
+                                             None, runtime)
+            n += 1
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+        lines = [json.loads(line) for line in trace.read_text().splitlines()]
+    finally:
+        trace.unlink(missing_ok=True)
+    return {"fps": round(n / elapsed, 2), "calls": n, "seconds": round(elapsed, 2),
+            "cpu_ms_per_call": round(cpu / n * 1000, 2),
+            "cores": sorted(cores) if cores else None, "torch_threads": torch.get_num_threads(),
+            "stages_ms": {k: _median([x[f"{k}_ms"] for x in lines]) for k in ("decode", "detect", "annotate")}}
+
+
+def handler_rate(cores: set[int] | None, variant: str, runtime: str, imgsz: int, frames: int = 200,
+                 size: tuple[int, int] = (640, 480), seconds: float = 10, warm_up: int = 5) -> dict[str, Any]:
+    """``_handler_rate`` in a fresh process (its threads on ``cores`` only, nothing of this process's state)."""
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+        return pool.submit(_handler_rate, cores, variant, runtime, imgsz, frames, size, seconds, warm_up).result()
+
+
+# ---------------------------------------------------------------- summaries
+def _median(values: list[float]) -> float | None:
+    return round(float(np.median(values)), 2) if values else None
+
+
+def _stats(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"median": None, "p90": None}
+    return {"median": round(float(np.median(values)), 2), "p90": round(float(np.percentile(values, 90)), 2)}
+
+
+def summarise(shown: list[dict[str, Any]], camera: list[dict[str, Any]], loop: int, declared_fps: float,
               seconds: float) -> dict[str, Any]:
-    """Rates and lags from the page's log over its last ``seconds``: ``frames`` (``t`` ms, ``camera`` and
-    ``annotated`` indices, None where unread) and ``camera`` (ms of each camera frame the page got).
+    """Rates and lags from the page's log over its last ``seconds``: ``shown`` (``t_paint`` ms and the ``code`` of
+    each annotated frame shown, None where unread) and ``camera`` (``t`` ms and ``code`` of each camera frame).
 
-    The app streams on a timer of its own, so it can send one camera frame twice: ``new_fps`` counts only returned
-    frames that show a newer camera frame than the one before (among consecutive read pairs), and
-    ``share_of_camera`` is that over the camera's rate.
+    The app can answer one camera frame twice (the page sends on a timer), so ``new_fps`` counts only frames that show
+    a newer camera frame than the one before (among consecutive read pairs). The lag of a shown frame: how many
+    camera frames the camera had moved on when it was painted (``lag_frames``), and how long after the camera
+    presented that frame (``lag_ms``).
     """
-    def stats(values: list[float]) -> dict[str, float | None]:
-        if not values:
-            return {"median": None, "p90": None}
-        return {"median": round(float(np.median(values)), 2), "p90": round(float(np.percentile(values, 90)), 2)}
-
-    end = max([f["t"] for f in frames] + camera + [0.0])
-    frames = [f for f in frames if f["t"] >= end - seconds * 1000]
-    camera = [t for t in camera if t >= end - seconds * 1000]
-    camera_fps = (len(camera) - 1) / (camera[-1] - camera[0]) * 1000 if len(camera) > 2 else None
-    fps = (len(frames) - 1) / (frames[-1]["t"] - frames[0]["t"]) * 1000 if len(frames) > 2 else 0.0
+    end = max([f["t_paint"] for f in shown] + [c["t"] for c in camera] + [0.0])
+    shown = [f for f in shown if f["t_paint"] >= end - seconds * 1000]
+    cams = [c for c in camera if c["t"] >= end - seconds * 1000 - 2000]  # 2 s more, to find the frames shown late
+    times = [c["t"] for c in cams if c["t"] >= end - seconds * 1000]
+    camera_fps = (len(times) - 1) / (times[-1] - times[0]) * 1000 if len(times) > 2 else None
+    fps = (len(shown) - 1) / (shown[-1]["t_paint"] - shown[0]["t_paint"]) * 1000 if len(shown) > 2 else 0.0
     reference = camera_fps or declared_fps
-    lags = [(f["camera"] - f["annotated"]) % loop for f in frames
-            if f["camera"] is not None and f["annotated"] is not None]
-    steps = [(b["annotated"] - a["annotated"]) % loop for a, b in zip(frames, frames[1:], strict=False)
-             if a["annotated"] is not None and b["annotated"] is not None]
+    lags, lag_ms = [], []
+    for f in shown:
+        before = [c for c in cams if c["t"] <= f["t_paint"]]
+        live = next((c["code"] for c in reversed(before) if c["code"] is not None), None)
+        if f["code"] is None or live is None:
+            continue
+        lags.append((live - f["code"]) % loop)
+        # the camera's frame of that code, if the page saw it present (not one a loop of the clip earlier)
+        when = next((c["t"] for c in reversed(before) if c["code"] == f["code"]
+                     and c["t"] >= f["t_paint"] - loop / 2 / reference * 1000), None)
+        if when is not None:
+            lag_ms.append(f["t_paint"] - when)
+    steps = [(b["code"] - a["code"]) % loop for a, b in zip(shown, shown[1:], strict=False)
+             if a["code"] is not None and b["code"] is not None]
     new_fps = fps * sum(s > 0 for s in steps) / len(steps) if steps else None
     return {
-        "frames_back": len(frames), "fps": round(fps, 2), "new_fps": round(new_fps, 2) if new_fps is not None else None,
+        "frames_shown": len(shown), "fps": round(fps, 2),
+        "new_fps": round(new_fps, 2) if new_fps is not None else None,
         "camera_fps_declared": declared_fps, "camera_fps_measured": round(camera_fps, 2) if camera_fps else None,
         "share_of_camera": round(new_fps / reference, 3) if new_fps is not None and reference else None,
-        "lag_frames": stats(lags), "lag_ms": stats([lag / reference * 1000 for lag in lags]),
-        "camera_frames_per_new_frame": stats([s for s in steps if s > 0]),
-        "codes_read": sum(f["annotated"] is not None for f in frames),
+        "lag_frames": _stats(lags), "lag_ms": _stats(lag_ms),
+        "camera_frames_per_new_frame": _stats([s for s in steps if s > 0]),
+        "codes_read": sum(f["code"] is not None for f in shown),
     }
 
 
+def stage_breakdown(log: dict[str, Any], resources: list[dict[str, Any]], trace: list[dict[str, Any]],
+                    seconds: float) -> dict[str, Any]:
+    """Each shown frame's trip, stage by stage, in ms (medians and p90s over the last ``seconds``), from the page's
+    log (page ms), its resource timings and the server's trace (epoch ms, put on the page's clock with its
+    ``origin``). A shown frame is its download (by URL); its server call is the last one that ended before the
+    download began; the frame encoded for it is the last one of the same payload size before that call, and its
+    upload the first POST after the encode.
+
+    ``camera_wait``: from the camera presenting the frame to the page encoding it (the page grabs the video on its
+    ``stream_every`` timer); ``upload``: from the POST's start to the server's answer (the frame is stored as the
+    newest, replacing any not yet detected); ``queue_wait``: from then until the handler takes it (the page sends on
+    its timer whether or not a frame is in flight, so this is how long the newest frame waits for the detection
+    before it); ``encode_send``: from the handler's end to the download's start (Gradio encodes the result and sends
+    its URL, the page asks for it); ``render``: from the download's end to the next animation frame after the image
+    loaded. The stages add up to the lag in ms. ``sent`` and ``server_calls``: frames uploaded and handler calls in
+    the window (the difference was dropped, never detected).
+    """
+    origin = log["origin"]
+    server = sorted(({**s, "start": s["start"] - origin, "end": s["end"] - origin} for s in trace),
+                    key=lambda s: s["end"])
+    downloads = {r["name"]: r for r in resources if not r["upload"]}
+    uploads = sorted((r for r in resources if r["upload"]), key=lambda r: r["start"])
+    encodes = log["encodes"]
+    end = max([f["t_paint"] for f in log["shown"]] + [0.0])
+    rows = []
+    for f in log["shown"]:
+        if f["t_paint"] < end - seconds * 1000:
+            continue
+        row: dict[str, float | None] = dict.fromkeys(STAGES)
+        r = downloads.get(f["src"])
+        s = r and next((s for s in reversed(server) if s["end"] <= r["start"]), None)
+        if r:
+            row["download"], row["render"] = r["end"] - r["start"], f["t_paint"] - r["end"]
+        if s:
+            row.update(decode=s["decode_ms"], detect=s["detect_ms"], annotate=s["annotate_ms"],
+                       encode_send=r["start"] - s["end"])
+            e = next((e for e in reversed(encodes) if e["n"] == s["n"] and e["t1"] <= s["start"]), None)
+            u = e and next((u for u in uploads if u["start"] >= e["t0"]), None)
+            if e:
+                row["browser_encode"] = e["t1"] - e["t0"]
+                grabbed = next((c["t"] for c in reversed(log["camera"]) if c["t"] <= e["t0"]), None)
+                row["camera_wait"] = e["t0"] - grabbed if grabbed is not None else None
+            if u and u["answer"]:
+                row["upload"], row["queue_wait"] = u["answer"] - u["start"], s["start"] - u["answer"]
+        rows.append(row)
+    out = {k: _stats([r[k] for r in rows if r[k] is not None]) for k in STAGES}
+    start = end - seconds * 1000
+    return {"frames": len(rows), "matched_to_server": sum(r["detect"] is not None for r in rows),
+            "sent": sum(u["start"] >= start for u in uploads), "server_calls": sum(s["start"] >= start for s in server),
+            "median_sum_ms": round(sum(v["median"] or 0 for v in out.values()), 2), "ms": out}
+
+
+# ---------------------------------------------------------------- the browser run
 def _choose(page, label: str, option: str | re.Pattern) -> None:
     page.get_by_label(label).first.click()
     page.get_by_role("option", name=option).first.click()
@@ -188,12 +411,16 @@ def _choose(page, label: str, option: str | re.Pattern) -> None:
 
 def measure_webcam(browser, url: str, variant: str, runtime: str, imgsz: int, seconds: float, loop: int,
                    declared_fps: float, settle_s: float = 3.0, screenshot: Path | None = None,
-                   timeout_ms: int = 180_000) -> dict[str, Any]:
+                   trace: Path | None = None, app_pid: int | None = None, timeout_ms: int = 180_000) -> dict[str, Any]:
     """Stream the fake camera through the Webcam tab with these settings; ``settle_s`` seconds (model load, export
-    and the first frames) are streamed before the ``seconds`` that count."""
+    and the first frames) are streamed before the ``seconds`` that count. ``trace``: the app's
+    ``STARNET_WEBCAM_TRACE`` file, for the server's stages; ``app_pid``: the app's process, for the CPU time it spent
+    per handler call (``app_cpu_ms_per_call``, beside the handler alone's ``cpu_ms_per_call``: Gradio's share)."""
     from ..ui.choices import model_name
 
-    page = browser.new_context(viewport={"width": 1280, "height": 1000}, permissions=["camera"]).new_page()
+    context = browser.new_context(viewport={"width": 1280, "height": 1000}, permissions=["camera"])
+    context.add_init_script(INIT_JS)
+    page = context.new_page()
     try:
         page.goto(url)
         page.wait_for_selector(".gradio-container")  # Gradio keeps connections open: never wait for network idle
@@ -207,39 +434,67 @@ def measure_webcam(browser, url: str, variant: str, runtime: str, imgsz: int, se
         page.locator("button:visible", has_text="Record").first.click()
         page.locator("#webcam-out img").wait_for(timeout=timeout_ms)  # the first annotated frame
         page.wait_for_function("() => { const v = document.querySelector('video'); return v && v.videoWidth > 0; }")
-        page.evaluate(MONITOR_JS, [BITS, ABOVE, "#webcam-out img"])
-        time.sleep(settle_s + seconds)
-        log = page.evaluate("() => window.__appfps")
+        page.evaluate(OBSERVE_JS, [BITS, ABOVE, "#webcam-out img"])
+        time.sleep(settle_s)
+        cpu = cpu_seconds(app_pid) if app_pid else None
+        time.sleep(seconds)
+        cpu = cpu_seconds(app_pid) - cpu if app_pid else None
+        page.evaluate("() => { window.__appfps.on = false; }")
+        log, resources = page.evaluate("() => window.__appfps"), page.evaluate(RESOURCES_JS)
         if screenshot:
             page.screenshot(path=str(screenshot))
     finally:
-        page.close()
-    result = summarise(log["frames"], log["camera"], loop, declared_fps, seconds)
+        context.close()
+    server = [json.loads(line) for line in trace.read_text().splitlines()] if trace and trace.is_file() else []
     settings = log.get("settings") or {}
+    stages = stage_breakdown(log, resources, server, seconds)
     return {"variant": variant, "runtime": runtime, "imgsz": imgsz, "seconds": seconds,
             "camera_size": f"{settings.get('width')}x{settings.get('height')}",
-            "camera_settings_fps": settings.get("frameRate"), **result}
+            "camera_settings_fps": settings.get("frameRate"),
+            **summarise(log["shown"], log["camera"], loop, declared_fps, seconds),
+            "app_cpu_ms_per_call": (round(cpu * 1000 / stages["server_calls"], 2)
+                                    if cpu is not None and stages["server_calls"] else None),
+            "stages": stages}
 
 
 @contextmanager
-def _app(url: str | None, weights_dir: str | Path | None, log: str | Path | None) -> Iterator[str]:
+def _app(url: str | None, weights_dir: str | Path | None, log: str | Path | None,
+         trace: Path) -> Iterator[tuple[str, int | None]]:
     if url:
-        yield url
+        yield url, None
         return
     from .loadtest import serve_app
 
-    env = {"HF_HUB_OFFLINE": "1", **({"STARNET_WEIGHTS_DIR": str(weights_dir)} if weights_dir else {})}
+    env = {"HF_HUB_OFFLINE": "1", "STARNET_WEBCAM_TRACE": str(trace),
+           **({"STARNET_WEIGHTS_DIR": str(weights_dir)} if weights_dir else {})}
     with serve_app(env, log=log) as server:
-        yield server.url
+        yield server.url, server.pid
+
+
+@contextmanager
+def _on_cores(cores: set[int] | None) -> Iterator[None]:
+    """This thread on ``cores`` for the block, so that what it starts runs there (and inherits it)."""
+    if not cores:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cores)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 def run(variants: list[str], runtime: str = "auto", imgsz: list[int] | None = None, seconds: float = 20,
         camera_fps: int = 20, camera_size: tuple[int, int] = (640, 480), frames: int = 200, url: str | None = None,
         weights_dir: str | Path | None = None, screenshots: str | Path | None = None, settle_s: float = 3.0,
-        chromium: str | Path = CHROMIUM, server_log: str | Path | None = None,
+        chromium: str | Path = CHROMIUM, server_log: str | Path | None = None, split: bool = False,
+        handler_seconds: float = 10, trace: str | Path | None = None,
         log: Callable[[str], None] = print) -> dict[str, Any]:
-    """One webcam measurement per variant and image size (``measure_webcam``), the camera at ``camera_fps``;
-    returns the report (machine, camera, one result per setting)."""
+    """Per variant and image size: the handler alone (``handler_rate``, 0 ``handler_seconds`` skips it), then the
+    Webcam tab in Chromium (``measure_webcam``), the camera at ``camera_fps``. ``split``: the app (and the handler
+    alone) on one half of the cores, Chromium on the other (``split_cores``). ``trace``: the server trace file of the
+    app at ``url`` (an app started here writes one of its own). Returns the report (machine, camera, results)."""
     if not Path(chromium).is_file():
         raise FileNotFoundError(f"Chromium not found at {chromium}: apt-get install chromium")
     try:
@@ -249,35 +504,82 @@ def run(variants: list[str], runtime: str = "auto", imgsz: list[int] | None = No
     bad = [v for v in variants if v != BASELINE and not re.fullmatch(r"s\d+", v)]
     if bad:
         raise ValueError(f"unknown variant(s) {', '.join(bad)}")
+    app_cores, browser_cores = split_cores() if split else (None, None)
     shots = Path(screenshots) if screenshots else None
     if shots:
         shots.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix="app-fps-"))
+    sizes = imgsz or [640]
     try:
         camera = write_y4m(folder / "camera.y4m", frames, camera_size, camera_fps)
+        handler = {}
+        if handler_seconds > 0:
+            for variant in variants:
+                for size in sizes:
+                    h = handler_rate(app_cores, variant, runtime, size, frames, camera_size, handler_seconds)
+                    handler[variant, size] = h
+                    log(f"app-fps: {variant} {runtime} {size} px, the handler alone: {h['fps']} frames/s")
+        server_trace = Path(trace) if trace else folder / "server.jsonl"
         results = []
-        with _app(url, weights_dir, server_log) as address, sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=str(chromium),
-                                         args=[*FLAGS, f"--use-file-for-fake-video-capture={camera}"])
-            try:
-                for variant in variants:
-                    for size in imgsz or [640]:
-                        shot = shots / f"webcam_{variant}_{runtime}_{size}.png" if shots else None
-                        results.append(measure_webcam(browser, address, variant, runtime, size, seconds, frames,
-                                                      camera_fps, settle_s, shot))
-                        r = results[-1]
-                        log(f"app-fps: {variant} {runtime} {size} px: {r['new_fps']} new frames/s = "
-                            f"{r['share_of_camera']} of the camera's {r['camera_fps_measured']} FPS; lag "
-                            f"{r['lag_frames']['median']} frames ({r['lag_ms']['median']} ms)")
-            finally:
-                browser.close()
+        with _on_cores(app_cores), _app(url, weights_dir, server_log, server_trace) as (address, app_pid):
+            if app_pid and app_cores:
+                pin(app_pid, app_cores)
+            with _on_cores(browser_cores), sync_playwright() as pw:
+                browser = pw.chromium.launch(executable_path=str(chromium),
+                                             args=[*FLAGS, f"--use-file-for-fake-video-capture={camera}"])
+                try:
+                    for variant in variants:
+                        for size in sizes:
+                            if browser_cores:
+                                pin(os.getpid(), browser_cores, app_pid)  # Chromium and all it started since
+                            shot = shots / f"webcam_{variant}_{runtime}_{size}.png" if shots else None
+                            r = measure_webcam(browser, address, variant, runtime, size, seconds, frames, camera_fps,
+                                               settle_s, shot, server_trace, app_pid)
+                            h = handler.get((variant, size))
+                            r["handler_fps"] = h["fps"] if h else None
+                            r["new_over_handler"] = (round(r["new_fps"] / h["fps"], 3)
+                                                     if h and r["new_fps"] is not None else None)
+                            r["handler_alone"] = h
+                            results.append(r)
+                            log(f"app-fps: {variant} {runtime} {size} px: {r['new_fps']} new frames/s "
+                                f"(handler alone {r['handler_fps']}, ratio {r['new_over_handler']}; camera "
+                                f"{r['camera_fps_measured']} FPS); lag {r['lag_frames']['median']} frames "
+                                f"({r['lag_ms']['median']} ms)")
+                finally:
+                    browser.close()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return {"machine": {**cpu_info(), "logical_cores": os.cpu_count(),
                         "load_avg_1min_end": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None},
+            "cores": {"split": split, "app": sorted(app_cores) if app_cores else None,
+                      "browser": sorted(browser_cores) if browser_cores else None},
             "camera": {"source": "Chromium fake camera playing a Y4M clip (tools/appfps.write_y4m)",
                        "size": f"{camera_size[0]}x{camera_size[1]}", "fps": camera_fps, "loop_frames": frames},
             "app": url or "app.py started by the tool", "results": results}
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    """The report as two markdown tables: rates and lag per setting, then each stage's median (p90) ms."""
+    cores = report["cores"]
+    where = (f"app on core(s) {cores['app']}, Chromium on {cores['browser']}" if cores["split"]
+             else "app and Chromium sharing every core")
+    lines = [f"{report['machine']['cpu']}, {report['machine']['logical_cores']} logical cores; {where}; camera "
+             f"{report['camera']['size']} at {report['camera']['fps']} FPS.", "",
+             "| model | runtime | px | handler alone FPS | shown new FPS | ratio | camera FPS | lag frames (p90) | "
+             "lag ms (p90) | app CPU ms/call | handler CPU ms/call |", "|" + "---|" * 11]
+    for r in report["results"]:
+        h = r.get("handler_alone") or {}
+        lines.append(f"| {r['variant'].upper()} | {r['runtime']} | {r['imgsz']} | {r['handler_fps']} | {r['new_fps']} "
+                     f"| {r['new_over_handler']} | {r['camera_fps_measured']} | {r['lag_frames']['median']} "
+                     f"({r['lag_frames']['p90']}) | {r['lag_ms']['median']} ({r['lag_ms']['p90']}) | "
+                     f"{r['app_cpu_ms_per_call']} | {h.get('cpu_ms_per_call')} |")
+    lines += ["", "| model | px | " + " | ".join(STAGES) + " | sum |", "|" + "---|" * (len(STAGES) + 3)]
+    for r in report["results"]:
+        ms = r["stages"]["ms"]
+        lines.append(f"| {r['variant'].upper()} | {r['imgsz']} | "
+                     + " | ".join(f"{ms[k]['median']} ({ms[k]['p90']})" for k in STAGES)
+                     + f" | {r['stages']['median_sum_ms']} |")
+    return "\n".join(lines)
 
 
 def write(report: dict[str, Any], out: str | Path) -> Path:

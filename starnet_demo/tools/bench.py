@@ -6,14 +6,10 @@ split through that very runtime, against PyTorch fp32). Output: a JSON list of r
 markdown table with the machine it ran on and the ratios the project aims at, as measured on that machine's CPU.
 
 Like for like: every runtime, ultralytics' ``predict`` included, computes on the same number of threads
-(``runtimes.use_threads``; each record says how many its runtime used) after the same warm-up. Absolute figures
-depend on the machine far more than on anything here: on committed runs, S1 through ultralytics ``predict`` took
-60.9 ms end to end on an idle 2-core EPYC with two threads, 118.6 and 172 ms on EPYCs with the one thread that
-ultralytics' ``select_device`` used to leave (see ``models.yolo.keep_torch_threads``), and 180.4 ms on a 2-vCPU Xeon
-that ran every runtime, OpenVINO and ONNX Runtime included, 2.6-3x slower than the EPYC; ``predict`` against our
-eager PyTorch in the same run stayed within 0.86-1.03x throughout. So each run records its CPU, its ISA flags and the
-dense matmul throughput it reaches (``peak_gflops``), each record its GFLOP/s, and the markdown states ratios within
-the run only.
+(``threads.use_threads``; each record says how many its runtime used) after the same warm-up. Absolute figures
+depend on the machine far more than on anything here (the committed runs: ``docs/benchmarks.md``, "Why ratios within
+one run"), so each run records its CPU, its ISA flags and the dense matmul throughput it reaches (``peak_gflops``),
+each record its GFLOP/s, and the markdown states ratios within the run only.
 
 Variants without weights in the weights folder are timed untrained (``trained: false``): speed does not depend on the
 weights, but an untrained model finds nothing, so NMS has less to do than with trained weights.
@@ -43,23 +39,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..inference.detector import Detector, normalise_device
-from ..inference.devices import cpu_info
+from ..inference import int8
+from ..inference.detector import Detector
+from ..inference.devices import cpu_info, normalise
+from ..inference.exports import quiet_ultralytics
 from ..inference.latency import Samples
-from ..inference.pipeline import run_video
+from ..inference.pipeline import VideoOptions, run_video
+from ..inference.precision import precisions
 from ..inference.preprocess import check_imgsz
-from ..inference.runtimes import (
-    EXPORT_FORMATS,
-    INT8,
-    available_runtimes,
-    default_rewrite,
-    int8_earned,
-    is_cuda,
-    precisions,
-    quiet_ultralytics,
-    resolve_runtime,
-    use_threads,
-)
+from ..inference.runtimes import EXPORT_FORMATS, available_runtimes, default_rewrite, is_cuda, resolve_runtime
+from ..inference.spec import resolve_spec
+from ..inference.threads import use_threads
 from ..media.video import probe
 from ..models.rewrite import REWRITES
 from ..models.yolo import BASELINE, keep_torch_threads
@@ -113,7 +103,8 @@ def peak_gflops(threads: int, seconds: float = 0.5, n: int = 1024) -> dict[str, 
         from openvino import opset13 as ops
     except ImportError:
         return {}
-    from ..inference.runtimes import int8_unavailable_reason, openvino_cpu_bf16
+    from ..inference.int8 import int8_unavailable_reason
+    from ..inference.runtimes import openvino_cpu_bf16
 
     rng = np.random.default_rng(0)
     data = rng.standard_normal((n, n)).astype(np.float32)
@@ -194,8 +185,9 @@ def _combinations(variants: Iterable[str], runtimes: Iterable[str], device: str,
     out = []
     for variant in variants:
         for runtime in runtimes:
-            supported = precisions(runtime, device, variant)
-            chosen = (supported[:1] if precision_choice == "default" else supported if precision_choice == "all"
+            supported = precisions(runtime, device)
+            chosen = ([resolve_spec(variant, device, runtime, allow_untrained=True).precision]
+                      if precision_choice == "default" else supported if precision_choice == "all"
                       else [p for p in precision_choice.split(",") if p in supported])
             if runtime == "ultralytics":
                 todo = ["ultralytics fuse"]  # ultralytics folds BatchNorms itself
@@ -219,9 +211,7 @@ def bench(variants: list[str], runtimes: list[str] | None = None, device: str = 
     ``threads``: the intra-op threads of every runtime on the CPU (default: every logical core); each is warmed up
     ``warmup`` times, plus once untimed at the start of each of the interleaved rounds.
     """
-    device = normalise_device(device)
-    if is_cuda(device) and not torch.cuda.is_available():
-        raise ValueError(f"{device} requested but CUDA is not available")
+    device = normalise(device)
     if warmup < 0 or runs < 1:
         raise ValueError("runs must be >= 1 and warmup >= 0")
     imgsz = check_imgsz(imgsz)
@@ -251,13 +241,13 @@ def _bench(variants: list[str], runtimes: list[str], device: str, imgsz: int, ru
         record: dict[str, Any] = {"variant": variant, "runtime": runtime, "device": device, "precision": precision,
                                   "rewrite": rewrite, "imgsz": imgsz, "threads": threads, "warmup": warmup}
         if precision == "int8":
-            record["int8_recipe"] = INT8.id
+            record["int8_recipe"] = int8.INT8.id
         records.append(record)
         log(f"bench: loading {_label(record)} …")
         try:
             t0 = time.perf_counter()
-            detector = Detector(variant, device, runtime, imgsz, precision,
-                                rewrite=None if runtime == "ultralytics" else rewrite, allow_untrained=True)
+            detector = Detector(resolve_spec(variant, device, runtime, imgsz, precision,
+                                             None if runtime == "ultralytics" else rewrite, allow_untrained=True))
             record.update(load_s=round(time.perf_counter() - t0, 2), trained=detector.trained,
                           weights_sha256=detector.config.get("sha256"), image=image_path.name)
             samples = Samples(detector, rgb)
@@ -317,11 +307,13 @@ def _bench(variants: list[str], runtimes: list[str], device: str, imgsz: int, ru
 
 def _mark_auto(records: list[dict[str, Any]], auto: str, device: str) -> None:
     """Flag the record of ``auto``'s choice per variant, counting this run's own records as committed: where this
-    run earns int8 the default (``runtimes.int8_earned``), the markdown's auto ratios are int8's, as ``auto`` will be
-    once the run is in ``docs/bench``."""
+    run earns int8 the default on this CPU (``int8.int8_verdict``), the markdown's auto ratios are int8's, as ``auto``
+    will be once the run is in ``docs/bench`` and its verdict recorded (``int8.record_verdicts``)."""
+    runs, flags = [*int8.bench_runs(), records], cpu_info()["cpu_flags"]
     for r in records:
-        supported = precisions(auto, device, r["variant"])
-        earned = "int8" in supported and r.get("weights_sha256") and int8_earned(r["weights_sha256"], [records])
+        supported = precisions(auto, device)
+        earned = ("int8" in supported and r.get("weights_sha256") and int8.calibration_available()
+                  and int8.int8_verdict(r["weights_sha256"], runs, cpu_flags=flags))
         default = "int8" if earned else supported[0]
         r["auto"] = (r["runtime"] == auto and r["precision"] == default and r["rewrite"] == default_rewrite(auto)
                      and "error" not in r)
@@ -351,8 +343,8 @@ def _video(detector: Detector, video: str | Path, frames: int, imgsz: int) -> di
     info = probe(video, max_bytes=math.inf, max_seconds=math.inf, max_side=math.inf)
     detector.prepare(imgsz, image_hw=(info.height, info.width))  # export for the video's shape outside the timing
     with tempfile.TemporaryDirectory() as tmp:
-        stats = run_video(detector, video, Path(tmp) / "out.mp4", imgsz=imgsz, max_frames=frames, info=info,
-                          annotate=DetectionAnnotator(rgb=False).annotate)
+        stats = run_video(detector, video, Path(tmp) / "out.mp4", VideoOptions(imgsz=imgsz, max_frames=frames),
+                          info=info, annotate=DetectionAnnotator(rgb=False).annotate)
     return {"video": Path(video).name, **stats.summary()}
 
 
@@ -410,7 +402,7 @@ def _accuracy_deltas(records: list[dict[str, Any]], data: str) -> None:
             continue
         ref = next((r["map50_95"] for r in mine if r["runtime"] == "pytorch" and r["precision"] == "fp32"), None)
         if ref is None:
-            detector = Detector(variant, "cpu", "pytorch", mine[0]["imgsz"], "fp32")
+            detector = Detector(resolve_spec(variant, "cpu", "pytorch", mine[0]["imgsz"], "fp32"))
             ref = _map(detector, data, mine[0]["imgsz"])  # a failure here ends the run: no guard
         for r in mine:
             r["map50_95_reference"] = ref
@@ -509,8 +501,8 @@ def to_markdown(records: list[dict[str, Any]]) -> str:
     notes.append("GFLOP/s: the model's GFLOPs at this size (ultralytics' count) over the median inference time; % of "
                  "the matmul peak of the arithmetic the runtime computes in (int8: the int8 peak).")
     if any(r.get("precision") == "int8" for r in records):
-        notes.append(f"int8: OpenVINO on NNCF's post-training quantization, recipe {INT8.id} (name/calibration "
-                     "images/seed; runtimes.INT8).")
+        notes.append(f"int8: OpenVINO on NNCF's post-training quantization, recipe {int8.INT8.id} (name/calibration "
+                     "images/seed; int8.INT8).")
     if is_cuda(device):
         notes.append("peak MB: torch's peak CUDA allocation during the timed runs.")
     else:

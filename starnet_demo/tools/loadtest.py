@@ -6,7 +6,9 @@ its own ``gradio_client.Client`` (its own session), send a random mix of image r
 star maps and webcam streams over the variants and devices until ``duration_s`` is up. The report gives requests done
 and failed, p50/p95 latency and queue wait, overall (webcam streams apart) and per kind (a webcam frame counts as one),
 the webcam's frames per second, throughput, and the server's RSS: peak, after warm-up and at the end, with the growth
-between the two as the leak check.
+between the two as the leak check. To find what grows with new inputs, requests can vary their image size
+(``sizes``), runtime (``runtimes``) and video frame shape (``video_shapes``, odd aspect ratios included); the export
+cache's size and the file count of Gradio's temporary folder are sampled with the RSS, as timelines.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ import numpy as np
 APP = Path(__file__).resolve().parents[2] / "app.py"
 EXAMPLES = APP.parent / "examples"
 DEFAULT_MIX = {"image": 6, "video": 1, "latency": 1, "star": 1, "webcam": 1}
+#: The short video's frame size (width, height) unless ``video_shapes`` says otherwise.
+VIDEO_SHAPE = (320, 240)
 STREAM_S = 10  # one webcam user streams this long (frames back to back, as fast as they are answered)
 
 
@@ -142,14 +146,17 @@ class Users:
     """The request mix: each call picks a kind by weight and a variant and device at random."""
 
     def __init__(self, variants: Sequence[str], devices: Sequence[str], mix: dict[str, float], imgsz: int,
-                 media: Path):
+                 media: Path, sizes: Sequence[int] = (), runtimes: Sequence[str] = ("pytorch",),
+                 video_shapes: Sequence[tuple[int, int]] = (VIDEO_SHAPE,)):
         from PIL import Image
         from ultralytics.utils import ASSETS
 
         self.variants, self.devices, self.imgsz = list(variants), list(devices), imgsz
+        self.sizes, self.runtimes = list(sizes or [imgsz]), list(runtimes)
         self.kinds, self.weights = list(mix), [float(w) for w in mix.values()]
         self.images = [ASSETS / "bus.jpg", ASSETS / "zidane.jpg"]
-        self.clip = excerpt(EXAMPLES / "vtest.mp4", media / "clip.mp4")
+        self.clips = [excerpt(EXAMPLES / "vtest.mp4", media / f"clip-{w}x{h}.mp4", size=(w, h))
+                      for w, h in video_shapes]
         self.frame = media / "frame.jpg"  # what the webcam tab asks the browser for: 640×480
         Image.open(ASSETS / "bus.jpg").convert("RGB").resize((640, 480)).save(self.frame)
 
@@ -157,14 +164,15 @@ class Users:
         """(arguments, api_name) of one request."""
         from gradio_client import handle_file
 
-        image, size = handle_file(str(rng.choice(self.images))), self.imgsz
+        image, size = handle_file(str(rng.choice(self.images))), rng.choice(self.sizes)
+        runtime = rng.choice(self.runtimes)
         if kind == "image":
-            return (image, variant, device, 0.25, 0.45, size, [], "pytorch"), "/detect_image"
+            return (image, variant, device, 0.25, 0.45, size, [], runtime), "/detect_image"
         if kind == "video":
-            return (handle_file(str(self.clip)), variant, device, 0.25, 0.45, size, rng.random() < 0.5, [],
-                    "pytorch"), "/detect_video"
+            return (handle_file(str(rng.choice(self.clips))), variant, device, 0.25, 0.45, size, rng.random() < 0.5,
+                    [], runtime), "/detect_video"
         if kind == "latency":
-            return (image, [variant], device, size, 3, rng.random() < 0.3, 0.25, 0.45, "pytorch"), "/latency"
+            return (image, [variant], device, size, 3, rng.random() < 0.3, 0.25, 0.45, runtime), "/latency"
         if kind == "star":
             return (image, variant, "2.0", size, 2, device), "/star_maps"
         raise ValueError(f"unknown request kind {kind!r}; use image, video, latency or star")
@@ -206,7 +214,7 @@ class Users:
             with open(self.frame, "rb") as f:
                 uploaded = http.post(f"{url}gradio_api/upload", files={"files": ("frame.jpg", f)}).json()[0]
             values = iter([{"path": uploaded, "meta": {"_type": "gradio.FileData"}}, variant, device, 0.25, 0.45,
-                           self.imgsz, [], "pytorch"])
+                           self.sizes[0], [], self.runtimes[0]])
             body = {"data": [None if kinds[i] == "state" else next(values) for i in dep["inputs"]],
                     "fn_index": dep["id"], "session_hash": session, "event_data": None, "trigger_id": None}
             joined = sent = time.monotonic()
@@ -243,6 +251,62 @@ def _queue_wait(job, submitted: float) -> float | None:
     if started is None:
         return None
     return max(0.0, started - (time.time() - (time.monotonic() - submitted)))
+
+
+def folder_usage(folder: Path) -> tuple[int, int]:
+    """(files, bytes) under ``folder`` (0, 0 when it does not exist); files vanishing meanwhile are skipped."""
+    files = size = 0
+    for root, _, names in os.walk(folder):
+        for name in names:
+            with contextlib.suppress(OSError):
+                size += os.stat(os.path.join(root, name)).st_size
+                files += 1
+    return files, size
+
+
+class FolderSampler(threading.Thread):
+    """Files and bytes in each watched folder (the export cache, Gradio's temporary folder) every ``every_s``."""
+
+    def __init__(self, folders: dict[str, Path], t0: float, every_s: float = 2.0):
+        super().__init__(daemon=True)
+        self.folders, self.t0, self.every_s = folders, t0, every_s
+        self.samples: dict[str, list[tuple[float, int, int]]] = {name: [] for name in folders}
+        self.stop = threading.Event()
+
+    def sample(self) -> None:
+        t = time.monotonic() - self.t0
+        for name, folder in self.folders.items():
+            self.samples[name].append((t, *folder_usage(folder)))
+
+    def run(self) -> None:
+        while not self.stop.wait(self.every_s):
+            self.sample()
+
+    def report(self, measured_from: float) -> dict[str, Any]:
+        """Per folder: files and MB at the start, end and peak, whether the file count stayed flat over the last
+        half of the measured phase (within 10 % and 20 files), and the timeline ``[s, files, MB]``."""
+        out = {}
+        for name, samples in self.samples.items():
+            if not samples:
+                continue
+            files = [f for _, f, _ in samples]
+            measured = [(t, f) for t, f, _ in samples if t >= measured_from]
+            half = [f for t, f in measured if t >= (measured[0][0] + measured[-1][0]) / 2] if measured else []
+            out[name] = {"path": str(self.folders[name]), "files_start": files[0], "files_end": files[-1],
+                         "files_peak": max(files), "mb_start": round(samples[0][2] / 2**20, 1),
+                         "mb_end": round(samples[-1][2] / 2**20, 1),
+                         "mb_peak": round(max(b for _, _, b in samples) / 2**20, 1),
+                         "files_flat_last_half": bool(half) and max(half) - min(half) <= max(20, 0.1 * max(half)),
+                         "timeline": [[round(t, 1), f, round(b / 2**20, 1)] for t, f, b in samples]}
+        return out
+
+
+def watched_folders() -> dict[str, Path]:
+    """The export cache and Gradio's temporary folder as a server started from this environment uses them."""
+    from ..inference.exports import cache_root
+
+    gradio = Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio")
+    return {"export_cache": cache_root(), "gradio_temp": gradio}
 
 
 class RssSampler(threading.Thread):
@@ -294,22 +358,28 @@ def _summary(records: Sequence[Record]) -> dict[str, Any]:
 def run(url: str, users: int = 8, duration_s: float = 60, warmup_s: float = 10, pid: int | None = None,
         variants: Sequence[str] = ("s1",), devices: Sequence[str] = ("cpu",), mix: dict[str, float] | None = None,
         imgsz: int = 320, seed: int = 0, timeout_s: float = 300, flat_pct: float = 10.0,
-        log=None) -> dict[str, Any]:
+        log=None, sizes: Sequence[int] = (), runtimes: Sequence[str] = ("pytorch",),
+        video_shapes: Sequence[tuple[int, int]] = (VIDEO_SHAPE,), folders: dict[str, Path] | None = None
+        ) -> dict[str, Any]:
     """Drive the app at ``url`` with ``users`` concurrent gradio_client users; the JSON-ready report.
 
     First every (variant, device) is loaded with one request of each kind, then the users run for ``warmup_s``
     (memory pools and caches settle; RSS at its end is the baseline) and then for ``duration_s``, the measured phase.
     ``pid`` (the server process) enables the RSS figures; ``flat_pct`` is the growth allowed for ``rss.flat``.
     Each user starts its next request when the previous one answers, so ``users`` is also the most requests in
-    flight.
+    flight. Each request picks its image size from ``sizes`` (default ``[imgsz]``), its runtime from ``runtimes``
+    and its video from ``video_shapes`` (width, height); ``folders`` (default ``watched_folders()``) are sampled.
     """
     from gradio_client import Client
 
     mix = dict(mix or DEFAULT_MIX)
     say = log or (lambda line: None)
     with tempfile.TemporaryDirectory(prefix="starnet-loadtest-") as media:
-        plan = Users(variants, devices, mix, imgsz, Path(media))
+        plan = Users(variants, devices, mix, imgsz, Path(media), sizes, runtimes, video_shapes)
         start = time.monotonic()
+        disk = FolderSampler(watched_folders() if folders is None else folders, start)
+        disk.sample()
+        disk.start()
         sampler = RssSampler(pid, start) if pid else None
         if sampler:
             rss_start = sampler.sample()
@@ -345,6 +415,9 @@ def run(url: str, users: int = 8, duration_s: float = 60, warmup_s: float = 10, 
         for t in threads:
             t.join()
         finished = time.monotonic()
+        disk.stop.set()
+        disk.join()
+        disk.sample()
         if sampler:
             sampler.stop.set()
             sampler.join()
@@ -354,6 +427,7 @@ def run(url: str, users: int = 8, duration_s: float = 60, warmup_s: float = 10, 
     requests = [r for r in measured if r.kind != "webcam"]  # webcam frames are reported apart
     report: dict[str, Any] = {
         "url": url, "users": users, "duration_s": duration_s, "warmup_s": warmup_s, "imgsz": imgsz, "mix": mix,
+        "sizes": plan.sizes, "runtimes": plan.runtimes, "video_shapes": [list(s) for s in video_shapes],
         "variants": list(plan.variants), "devices": list(plan.devices), "cpu_count": os.cpu_count(),
         "load_requests": _summary(loads), "warmup_requests": _summary([r for r in records if r.start_s < 0]),
         **_summary(requests),
@@ -361,6 +435,7 @@ def run(url: str, users: int = 8, duration_s: float = 60, warmup_s: float = 10, 
         "by_kind": {k: _summary([r for r in measured if r.kind == k]) for k in mix},
         "webcam_fps": _stats([1 / r.latency_s for r in measured if r.kind == "webcam" and r.ok and r.latency_s > 0]),
         "errors": sorted({r.error for r in [*loads, *records] if r.error})[:10],
+        "folders": disk.report(phase["t0"] - start),
     }
     if sampler:
         after = [(t, b) for t, b in sampler.samples if t >= phase["t0"] - start]
@@ -381,6 +456,17 @@ def run(url: str, users: int = 8, duration_s: float = 60, warmup_s: float = 10, 
             "timeline": [[round(t, 1), round(b / 2**20, 1)] for t, b in sampler.samples[::20]],
         }
     return report
+
+
+def parse_shapes(text: str) -> list[tuple[int, int]]:
+    """``320x240,300x500`` → [(320, 240), (300, 500)] (width x height, even sides for H.264)."""
+    shapes = []
+    for item in text.split(","):
+        w, _, h = item.strip().lower().partition("x")
+        if not (w.isdigit() and h.isdigit() and 16 <= int(w) <= 1920 and 16 <= int(h) <= 1920):
+            raise ValueError(f"video shape {item.strip()!r} is not WIDTHxHEIGHT with sides from 16 to 1920")
+        shapes.append((int(w) // 2 * 2, int(h) // 2 * 2))
+    return shapes
 
 
 def parse_mix(text: str) -> dict[str, float]:

@@ -35,6 +35,13 @@ def _coco_id(path: Path) -> str | None:
     return m.group(1) if m else None
 
 
+def held_out_leaks(images: list[Path], held_out: list[Path]) -> list[str]:
+    """Names of ``images`` that are held-out images too: the same file name or the same COCO id."""
+    names = {p.name for p in held_out}
+    ids = {i for i in map(_coco_id, held_out) if i}
+    return [p.name for p in images if p.name in names or _coco_id(p) in ids]
+
+
 def _labels_of(images: Path) -> Path:
     """The folder where ultralytics looks for the labels of the images in ``images``."""
     return Path(img2label_paths([str(images / "x.jpg")])[0]).parent
@@ -72,8 +79,6 @@ def prepare_data(root: str | Path, out: str | Path, pools: tuple[str, ...] = DEF
     names = yaml.safe_load(base_yaml.read_text())["names"]
     val_dir = base / "images" / "val"
     held_out = _images(val_dir)
-    held_names = {p.name for p in held_out}
-    held_ids = {i for i in map(_coco_id, held_out) if i}
 
     found, counts = [], {}
     for pool in pools:
@@ -81,8 +86,7 @@ def prepare_data(root: str | Path, out: str | Path, pools: tuple[str, ...] = DEF
         if not folder.is_dir():
             continue
         images = _images(folder)
-        leaks = [p.name for p in images if p.name in held_names or _coco_id(p) in held_ids]
-        if leaks:
+        if leaks := held_out_leaks(images, held_out):
             raise ValueError(f"{pool} shares {len(leaks)} image(s) with the held-out val split, e.g. {leaks[:3]}")
         found.append(pool)
         counts[pool] = len(images)

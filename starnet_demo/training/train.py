@@ -27,8 +27,10 @@ import csv
 import functools
 import itertools
 import json
+import math
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,8 @@ RUN_NOTES = "starnet_run.json"
 # The teacher's SPPF, neck and head sit at layers 7-20 of our YAMLs; the distill stage trains only layers 0-6, unless
 # it trains the head too.
 FROZEN_IN_DISTILL = list(range(OWN_TEACHER_START, 21))
+# A run for a time budget starts with this many epochs, cut to what fits once the first iterations are timed.
+BUDGET_EPOCHS = 1000
 
 STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
     # Regression from a random backbone: a larger AdamW step and no detection-loss warm-up bias.
@@ -96,6 +100,70 @@ def _read_results(path: Path) -> dict[str, list[float]]:
     except OSError:
         return {}
     return {k.strip(): [float(r[k]) for r in rows] for k in (rows[0] if rows else {})}
+
+
+class EpochBudget:
+    """Sizes a run to the whole epochs that fit ``seconds`` of training, from the pace of its first iterations.
+
+    Ultralytics' ``time=`` re-derives the epoch count after every epoch and rebuilds the cosine schedule each time, so
+    the learning rate jumps about. This decides once, during the first epoch (after ``skip`` iterations of start-up,
+    over ``measure`` more, or at its end if it is shorter), and builds the schedule once: a run for a time budget is
+    the same run as one for that many epochs. The warm-up keeps the length it had for the initial epoch count. Should
+    the pace fall later (a shared machine), the epochs are cut to what still fits and the schedule rebuilt from there.
+    """
+
+    def __init__(self, seconds: float, skip: int = 3, measure: int = 10) -> None:
+        self.seconds, self.skip, self.measure = seconds, skip, measure
+        self.marks: list[float] = []
+        self.decided: dict[str, float] = {}
+
+    def on_train_batch_end(self, trainer: DetectionTrainer) -> None:
+        if not self.decided and trainer.epoch == trainer.start_epoch:
+            self.marks.append(time.time())
+            if len(self.marks) >= self.skip + self.measure:
+                self.decide(trainer)
+
+    def on_train_epoch_end(self, trainer: DetectionTrainer) -> None:
+        if not self.decided:
+            self.decide(trainer)
+            return
+        # Only if the pace has fallen since (a machine shared with other work): the epochs left that still fit.
+        done = trainer.epoch + 1 - trainer.start_epoch
+        elapsed = time.time() - trainer.train_time_start
+        per_epoch = elapsed / done
+        if elapsed + (trainer.epochs - trainer.epoch - 1) * per_epoch > self.seconds * 1.02:
+            epochs = trainer.epoch + 1 + max(0, math.floor((self.seconds - elapsed) / per_epoch))
+            self._set_epochs(trainer, epochs)
+            self.decided.setdefault("resized", []).append({"after_epoch": trainer.epoch + 1, "epochs": epochs})
+            LOGGER.info(f"time budget: {per_epoch:.1f} s per epoch so far -> {epochs} epochs")
+
+    @staticmethod
+    def _set_epochs(trainer: DetectionTrainer, epochs: int) -> None:
+        trainer.epochs = trainer.args.epochs = epochs
+        trainer._setup_scheduler()
+        # Where the loop's step at the start of this epoch would have left a schedule of that length, rates included.
+        trainer.scheduler.last_epoch = trainer.epoch
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "lr_scheduler.step() before optimizer.step()"
+            trainer.scheduler.step()
+
+    def decide(self, trainer: DetectionTrainer) -> None:
+        now, nb = time.time(), len(trainer.train_loader)
+        marks = self.marks[self.skip:] if len(self.marks) > self.skip + 1 else self.marks
+        if len(marks) > 1:
+            per_iteration = (marks[-1] - marks[0]) / (len(marks) - 1)
+        else:
+            per_iteration = (now - trainer.train_time_start) / max(1, len(self.marks))
+        epoch_s = nb * per_iteration
+        first_ends = now + (nb - len(self.marks)) * per_iteration
+        left = self.seconds - (first_ends - trainer.train_time_start)
+        epochs = 1 + max(0, math.floor(left / (epoch_s * 1.05)))  # 5 % for the per-epoch saving and logging
+        self._set_epochs(trainer, epochs)
+        self.decided = {"seconds": self.seconds, "epochs": epochs, "iterations_per_epoch": nb,
+                        "seconds_per_iteration": round(per_iteration, 4),
+                        "images_per_second": round(trainer.batch_size / per_iteration, 1)}
+        LOGGER.info(f"time budget {self.seconds:.0f} s: {per_iteration:.3f} s per iteration, {nb} per epoch -> "
+                    f"{epochs} epochs")
 
 
 def _write_run_notes(notes: dict, trainer: DetectionTrainer) -> None:
@@ -196,11 +264,13 @@ def initial_model(variant: str, stage: str, data: dict, *, weights: str | None, 
 def train(variant: str, data: str, *, stage: str = "finetune", weights: str | None = None,
           teacher: str | None = None, pretrained: bool | str = False, resume: str | None = None,
           project: str = "runs/starnet", name: str | None = None, freeze_bn: bool = False,
-          reestimate_bn: bool = False, output_kd: float = 0.0, train_head: bool = False, **overrides: Any) -> Path:
+          reestimate_bn: bool = False, output_kd: float = 0.0, train_head: bool = False,
+          budget_s: float | None = None, **overrides: Any) -> Path:
     """Run one stage; returns the config path of the weights it wrote (``<run>/export/<variant>.json``).
 
     ``overrides`` are ultralytics train arguments (``epochs``, ``imgsz``, ``batch``, ``device``, ``time``, ``amp``,
-    ``workers``, ``lr0``…), applied over the stage's defaults.
+    ``workers``, ``lr0``…), applied over the stage's defaults. ``budget_s`` trains the whole epochs that fit that
+    many seconds, sized from the first iterations' pace (``EpochBudget``), instead of ``epochs`` or ``time``.
     """
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
@@ -210,6 +280,13 @@ def train(variant: str, data: str, *, stage: str = "finetune", weights: str | No
         raise ValueError("train_head needs output_kd: the head learns from the teacher's outputs")
     if reestimate_bn and not weights:
         raise ValueError("reestimate_bn needs trained weights to start from")
+    budget = EpochBudget(budget_s) if budget_s else None
+    if budget:
+        if resume or "time" in overrides or "," in str(overrides.get("device", "")):
+            raise ValueError("a time budget (budget_s) starts a run on one device, without time= or resume")
+        if STAGE_DEFAULTS[stage].get("optimizer", "auto") == overrides.get("optimizer", "auto") == "auto":
+            raise ValueError("a time budget needs an explicit optimizer: 'auto' picks one from the epoch count")
+        overrides["epochs"] = BUDGET_EPOCHS
     started = time.time()
     if resume:
         ckpt = torch_load(resume, map_location="cpu")
@@ -240,6 +317,9 @@ def train(variant: str, data: str, *, stage: str = "finetune", weights: str | No
         notes = {"recipe": recipe_base, "batchnorm": batchnorm, "teacher": teacher and str(Path(teacher).resolve())}
         # Written when training starts, by the process that trains: a multi-GPU launch empties the run folder first.
         trainer.add_callback("on_train_start", functools.partial(_write_run_notes, notes))
+    if budget:
+        trainer.add_callback("on_train_batch_end", budget.on_train_batch_end)
+        trainer.add_callback("on_train_epoch_end", budget.on_train_epoch_end)
     trainer.train()
 
     best = Path(trainer.best if Path(trainer.best).is_file() else trainer.last)
@@ -260,6 +340,8 @@ def train(variant: str, data: str, *, stage: str = "finetune", weights: str | No
         "seconds": round(earlier + time.time() - started, 1),
         "val_metrics": metrics,
     }
+    if budget:
+        step["budget"] = budget.decided
     if getattr(ema, "output_kd", 0.0):
         step["output_kd"] = ema.output_kd
     if getattr(ema, "train_head", False):

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from ..inference import devices
-from ..inference.runtimes import available_runtimes, precisions, resolve_runtime
+from ..inference import devices, int8
+from ..inference.precision import precisions
+from ..inference.runtimes import available_runtimes, resolve_runtime
 from ..models.backbone import MAIN_VARIANTS, VARIANTS, get_variant
 from ..models.yolo import BASELINE
 from ..weights.files import WeightsError, read_config, weight_files
@@ -17,13 +18,19 @@ def model_name(variant: str) -> str:
     return "YOLOv8n (reference)" if variant == BASELINE else f"StarNet-{variant.upper()}"
 
 
-def recorded_metrics(variant: str) -> dict:
-    """The held-out figures recorded in the model's weights config (``eval --record``); empty when there are none."""
+def shipped_record(variant: str) -> dict:
+    """The shipped weights' JSON record (labels and ``auto``'s verdict read it without asking the Hub); empty when
+    there is none."""
     config = weight_files(variant)[1]
     try:
-        return dict(read_config(config).get("metrics") or {}) if config.is_file() else {}
+        return read_config(config) if config.is_file() else {}
     except WeightsError:
         return {}
+
+
+def recorded_metrics(variant: str) -> dict:
+    """The held-out figures recorded in the model's weights config (``eval --record``); empty when there are none."""
+    return dict(shipped_record(variant).get("metrics") or {})
 
 
 def variant_label(variant: str) -> str:
@@ -59,8 +66,9 @@ def runtime_choices() -> list[str]:
 def auto_info() -> str:
     """What ``auto`` means on this machine's CPU, per model where the models differ (int8 only where a model's
     weights passed the accuracy guard and int8 was faster on a CPU like this one)."""
-    cpu = resolve_runtime("auto", "cpu")
-    by_model = {v: precisions(cpu, "cpu", v)[0] for v in (*MAIN_VARIANTS, BASELINE)}
+    cpu, flags = resolve_runtime("auto", "cpu"), devices.cpu_info()["cpu_flags"]
+    by_model = {v: precisions(cpu, "cpu", cpu == "openvino" and int8.leads(shipped_record(v), flags)
+                              and int8.calibration_available())[0] for v in (*MAIN_VARIANTS, BASELINE)}
     common = max(set(by_model.values()), key=list(by_model.values()).count)
     odd = ", ".join(f"{model_name(v)} {p}" for v, p in by_model.items() if p != common)
     return (f"auto: {cpu} {common} on CPU{f' ({odd})' if odd else ''}, CUDA graphs on GPU. The fastest that passes "

@@ -1,11 +1,12 @@
-"""Files the app hands to Gradio, and uploads it refuses: results are written by us and swept after a while,
-refused uploads are deleted from Gradio's cache at once."""
+"""Files the app writes and hands to Gradio: results are swept after a while, so is Gradio's cache, and a dead
+process's results are swept at the next start. (Refused uploads are deleted at once: ``errors.user_errors``.)"""
 
 from __future__ import annotations
 
 import atexit
 import functools
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -19,50 +20,88 @@ import numpy as np
 import PIL.Image
 
 from ..weights.files import WeightsError, read_config, weight_files
+from .errors import user_errors
 
-OUTPUT_KEEP_S = 300  # results are copied into Gradio's cache when returned; our files go after this long
-
-
-def upload_path(value) -> str | None:
-    """The file path in what a file component sends raw (a payload dict) or in a plain path; None if there is none."""
-    if isinstance(value, dict):
-        value = value.get("path")
-    return value if isinstance(value, (str, Path)) and str(value) else None
-
-
-def discard_upload(value) -> None:
-    """Delete an uploaded file (and its folder, if now empty) if it lies in Gradio's upload cache; else nothing."""
-    path = upload_path(value)
-    if path is None:
-        return
-    path, cache = Path(path).resolve(), Path(gr.utils.get_upload_folder()).resolve()
-    if cache in path.parents and path.is_file():
-        path.unlink(missing_ok=True)
-        with suppress(OSError):
-            path.parent.rmdir()
+# Results are copied into Gradio's cache when returned; our own files go after this long, and so do Gradio's copies
+# and uploads (``GRADIO_CACHE``, Blocks' ``delete_cache``): under load the files on disk stay at about the request
+# rate times this age, instead of growing for as long as the server runs.
+OUTPUT_KEEP_S = 300
+OUTPUT_NAME = re.compile(r"[0-9a-f]{32}(?:\.mp4|\.webp|-detections\.csv|-detections\.json)")  # output_path's
+GRADIO_CACHE = (30, OUTPUT_KEEP_S)  # (sweep every, delete older than), in seconds
+OUTPUTS_PREFIX = "starnet-demo-outputs-"  # then the process id: a folder whose process is gone is swept
 
 
 @lru_cache(maxsize=1)
 def output_dir() -> Path:
-    """This process's folder for results (annotated videos and images), removed at exit."""
-    path = Path(tempfile.mkdtemp(prefix="starnet-demo-outputs-"))
+    """This process's folder for results (annotated videos and images, detections), removed at exit.
+
+    Named by the process id, so that the folders of processes killed before their exit handler ran (``kill -9``,
+    a crash) are recognised and removed the first time a later process asks for its own.
+    """
+    sweep_dead_outputs()
+    path = Path(tempfile.gettempdir()) / f"{OUTPUTS_PREFIX}{os.getpid()}"
+    path.mkdir(mode=0o700, exist_ok=True)
     atexit.register(shutil.rmtree, path, ignore_errors=True)
     return path
 
 
+def sweep_dead_outputs() -> list[Path]:
+    """Remove the results folders of processes that no longer run; returns what was removed."""
+    removed = []
+    for folder in Path(tempfile.gettempdir()).glob(f"{OUTPUTS_PREFIX}*"):
+        pid = folder.name.removeprefix(OUTPUTS_PREFIX)
+        if folder.is_dir() and (not pid.isdigit() or not _alive(int(pid))):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
 def sweep_outputs(older_than_s: float = OUTPUT_KEEP_S) -> None:
-    """Delete results Gradio has long since copied into its own cache."""
+    """Delete results Gradio has long since copied into its own cache, Gradio's copies of them, and the empty
+    folders Gradio's own sweep (which deletes files only) leaves in its cache, one per file it ever stored.
+
+    Gradio's ``delete_cache`` removes only the files it records, and it does not record the copies of files that a
+    generator handler (the video) returns; those keep our names (``output_path``), so they are found by name.
+    """
     now = time.time()
     for p in output_dir().iterdir():
         with suppress(FileNotFoundError):  # a concurrent request's sweep got there first
-            if now - p.stat().st_mtime > older_than_s:
+            if now - p.lstat().st_mtime >= older_than_s:
                 p.unlink()
+    cache = Path(gr.utils.get_upload_folder())
+    for folder in cache.iterdir() if cache.is_dir() else ():
+        with suppress(OSError):  # gone, or not a folder: either way not ours to remove now
+            if not folder.is_dir():
+                continue
+            old = now - folder.stat().st_mtime >= older_than_s
+            for f in folder.iterdir():
+                if OUTPUT_NAME.fullmatch(f.name) and now - f.lstat().st_mtime >= older_than_s:
+                    f.unlink()
+                    old = True
+            if old and not any(folder.iterdir()):
+                folder.rmdir()
 
 
 def as_file(image: np.ndarray) -> str:
     """An RGB image as a WebP file of ours (what Gradio would have made of the array)."""
     path = output_path(".webp")
-    PIL.Image.fromarray(image).save(path)
+    try:
+        PIL.Image.fromarray(image).save(path)
+    except BaseException:  # a disk that filled up part way leaves no half file
+        path.unlink(missing_ok=True)
+        raise
     return str(path)
 
 
@@ -84,7 +123,8 @@ def file_outputs(fn):
     @functools.wraps(fn)
     def handler(*args, **kwargs):
         sweep_outputs()
-        return tuple(files(v) for v in fn(*args, **kwargs))
+        with user_errors():  # what fails after the handler's own checks (writing its files) tells the truth too
+            return tuple(files(v) for v in fn(*args, **kwargs))
 
     return handler
 

@@ -3,7 +3,8 @@ Gradio-ready values out.
 
 Each one validates its settings (``inference.settings``), reads the upload (``media``), runs a cached detector on
 the chosen device, retried on the CPU when a GPU is out of memory or busy (``devices.run_on``), and shapes the result.
-Bad input becomes a one-line ``gr.Error`` and the server carries on (``user_errors``).
+Bad input becomes a one-line ``gr.Error`` as written, a fault of ours a logged one with an id to quote
+(``errors.user_errors``); the server carries on either way.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
+import threading
 import time
 import weakref
 from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,23 +25,25 @@ import numpy as np
 import pandas as pd
 import supervision as sv
 
+from ..errors import InputError
 from ..explain import cam as cams
 from ..explain import swap, toy
 from ..inference import devices
-from ..inference.detector import Detector, get_detector
+from ..inference.detector import Detector, detector_for
 from ..inference.latency import measure
-from ..inference.runtimes import unavailable_reason
-from ..inference.settings import Settings, check_int, check_number, check_runtime, check_settings, class_ids
+from ..inference.settings import Settings, check_int, check_number, check_settings, class_ids
+from ..inference.spec import ModelSpec, resolve_spec
 from ..inference.video import detect_video
-from ..media.images import ImageError, read_image
+from ..media.images import read_image
 from ..media.sinks import DetectionFiles
-from ..media.video import VideoError
 from ..models.yolo import BASELINE
 from ..viz.annotate import DetectionAnnotator, StatsAnnotator, records
 from ..viz.starmaps import gallery, overlay
-from ..weights.files import WeightsError, local_dir
+from ..weights.hub import Located
 from .choices import block_choices, model_name, recorded_metrics
-from .files import discard_upload, output_path, sweep_outputs, upload_path
+from .errors import discard_upload, upload_path, user_errors
+from .files import output_path, sweep_outputs
+from .jobs import Job
 
 T = TypeVar("T")
 # The toy's widest net here: width 64 at depth 6 trains both nets in about 13 s on one core of the shared 2-core
@@ -47,33 +51,7 @@ T = TypeVar("T")
 # (``toy.MAX_WIDTH`` allows 256).
 TOY_MAX_WIDTH = 64
 log = logging.getLogger("app")
-_told: weakref.WeakSet[Detector] = weakref.WeakSet()  # detectors whose weights notice was shown
-
-
-@contextmanager
-def user_errors(*uploads):
-    """Turn the package's bad-input errors into ``gr.Error`` (shown to the user; the server carries on), and anything
-    unexpected into a one-line ``gr.Error`` too (its traceback goes to the server log), never Gradio's bare "Error".
-
-    ``uploads`` (raw file payloads) that are refused as files are deleted from Gradio's cache at once: they cannot be
-    used, and a public app should not keep them until the cache sweep.
-    """
-    try:
-        yield
-    except gr.Error:
-        raise
-    except WeightsError as e:
-        raise gr.Error(f"Weights for this model are not available: {e}. They load from {local_dir()}.") from None
-    except (ImageError, VideoError) as e:
-        for upload in uploads:
-            discard_upload(upload)
-        raise gr.Error(str(e)) from None
-    except ValueError as e:
-        raise gr.Error(str(e)) from None
-    except Exception as e:
-        log.exception("request failed")
-        raise gr.Error(f"The request failed on the server ({type(e).__name__}); it was logged. Try other settings "
-                       "or another file.") from None
+_told: weakref.WeakSet[Located] = weakref.WeakSet()  # weights whose plain notice was shown
 
 
 def load_image(value: Any) -> np.ndarray:
@@ -91,19 +69,13 @@ def load_image(value: Any) -> np.ndarray:
     return read_image(value)
 
 
-def load_detector(variant: str, device: str, runtime: str = "auto") -> Detector:
-    """The cached detector. After a fallback to the CPU, a GPU-only runtime becomes ``auto``.
-
-    Why the weights are not the pinned Hub release (unreachable, or a download refused as tampered) is shown once per
-    loaded model, in the request that loaded it.
-    """
-    if runtime != "auto" and unavailable_reason(runtime, device):
-        runtime = "auto"
-    detector = get_detector(variant, device, runtime)
-    if detector.notice and detector not in _told:
-        _told.add(detector)
-        log.warning("%s: %s", variant, detector.notice)
-        gr.Warning(f"{variant.upper()} weights: {detector.notice}")
+def load_detector(spec: ModelSpec) -> Detector:
+    """The pooled detector of a resolved choice. That the weights are not the pinned Hub release is said once per
+    process and model, plainly (the reason is in the server log, from ``hub.locate``)."""
+    detector = detector_for(spec)
+    if spec.weights is not None and spec.weights.notice and spec.weights not in _told:
+        _told.add(spec.weights)
+        gr.Warning(f"{spec.variant.upper()} weights: {spec.weights.notice}.")
     return detector
 
 
@@ -124,17 +96,20 @@ def check_models(variants: Any, extra: tuple[str, ...] = ()) -> list[str]:
 
 
 def check_block(variant: str, block: Any) -> str:
-    """A star block of this StarNet (``stage.index``), or a one-line ``ValueError``."""
+    """A star block of this StarNet (``stage.index``), or a one-line ``InputError``."""
     if variant == BASELINE:
-        raise ValueError("YOLOv8n has no star blocks; pick a StarNet variant")
+        raise InputError("YOLOv8n has no star blocks; pick a StarNet variant")
     if str(block) not in block_choices(variant):
-        raise ValueError(f"block {block!r:.20} is not in {variant}; choose one of {', '.join(block_choices(variant))}")
+        raise InputError(f"block {block!r:.20} is not in {variant}; choose one of {', '.join(block_choices(variant))}")
     return str(block)
 
 
 def on_device(s: Settings, runtime: str, fn: Callable[[Detector], T], toast: bool = True) -> tuple[T, str | None]:
-    """``fn(detector)`` on the chosen device, retried on the CPU (with a notice) when the GPU cannot take it."""
-    result, notice = devices.run_on(s.device, lambda dev: fn(load_detector(s.variant, dev, runtime)))
+    """``fn(detector)`` for the request's model choice, resolved once (``resolve_spec``), on the chosen device;
+    retried on the CPU (``ModelSpec.on``, with a notice) when the GPU cannot take it."""
+    spec = resolve_spec(s.variant, s.device, runtime)
+    result, notice = devices.run_on(spec.device, lambda dev: fn(load_detector(spec if dev == spec.device
+                                                                              else spec.on(dev))))
     if notice and toast:
         gr.Warning(notice)
     return result, notice
@@ -146,7 +121,7 @@ def detect_image(image, variant, device, conf, iou, imgsz, classes=None, runtime
     """Detect objects in one image: annotated image, detections JSON, table, timings line, and the detections as
     JSON and CSV files (supervision's sinks)."""
     with user_errors(image):
-        s, runtime = check_settings(variant, device, conf, iou, imgsz), check_runtime(runtime, device)
+        s = check_settings(variant, device, conf, iou, imgsz)
         rgb = load_image(image)
         (detections, t), notice = on_device(s, runtime, lambda det: det.detect(
             rgb, conf=s.conf, iou=s.iou, imgsz=s.imgsz, classes=class_ids(det.names, classes)))
@@ -169,31 +144,49 @@ def detect_image(image, variant, device, conf, iou, imgsz, classes=None, runtime
 def detect_video_file(video, variant, device, conf, iou, imgsz, track=False, classes=None, runtime="auto",
                       progress=gr.Progress()):  # noqa: B008 (Gradio injects progress through this default)
     """Detect (and optionally track) objects in every frame: H.264 mp4, summary JSON, per-class counts table, and
-    every frame's detections as JSON and CSV files, each row with its ``frame`` index."""
+    every frame's detections as JSON and CSV files, each row with its ``frame`` index.
+
+    A generator: the video runs on a ``Job`` while this yields nothing new, so that a cancel or a client that goes
+    away stops the work within a frame and removes its files and the upload (``ui.jobs``). The last value is the
+    result."""
     path = upload_path(video)
     if not path:
         raise gr.Error("Please upload a video first.")
     sweep_outputs()
     with user_errors(video):
-        s, runtime = check_settings(variant, device, conf, iou, imgsz), check_runtime(runtime, device)
-        out = output_path(".mp4")
-        progress(0, desc="Detecting")
+        s = check_settings(variant, device, conf, iou, imgsz)
+    out = output_path(".mp4")
+    progress(0, desc="Detecting")
 
-        def work(det: Detector):
-            with detection_files() as sink:  # per attempt: a retry on the CPU writes the files afresh
-                return detect_video(
-                    path, det, out, conf=s.conf, iou=s.iou, imgsz=s.imgsz, classes=class_ids(det.names, classes),
-                    track=bool(track), annotate=DetectionAnnotator(trace=bool(track), rgb=False).annotate,
-                    progress=progress, on_frame=lambda detections, i: sink.append(detections, frame=i)), sink.paths
+    def attempt(det: Detector, stop: threading.Event):
+        with detection_files() as sink:  # per attempt: a retry on the CPU writes the files afresh
+            return detect_video(
+                path, det, out, conf=s.conf, iou=s.iou, imgsz=s.imgsz, classes=class_ids(det.names, classes),
+                track=bool(track), annotate=DetectionAnnotator(trace=bool(track), rgb=False).annotate,
+                progress=progress, on_frame=lambda detections, i: sink.append(detections, frame=i),
+                stop=stop), sink.paths
 
-        (res, downloads), notice = on_device(s, runtime, work)
+    finished = False
+    try:
+        with Job(lambda stop: on_device(s, runtime, lambda det: attempt(det, stop), toast=False),
+                 name="video-job") as job:
+            while job.running(wait_s=0.5):
+                yield gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        finished = True
+    finally:
+        if not finished:  # closed at a yield: the job has stopped and removed its own files
+            discard_upload(video)
+    with user_errors(video):
+        (res, downloads), notice = job.result()
+    if notice:
+        gr.Warning(notice)
     summary = {"variant": s.variant, "device": s.device if not notice else "cpu", "frames": res.frames,
                "seconds": round(res.seconds, 2), "processing_fps": round(res.fps, 2), "width": res.width,
                "height": res.height, "tracked": res.tracked, "truncated": res.truncated, "counts": res.counts,
                "notice": notice}
     if res.truncated:
         gr.Warning(f"The video is damaged after frame {res.frames}; the frames before it were processed.")
-    return str(res.path), summary, pd.DataFrame(res.counts), downloads
+    yield str(res.path), summary, pd.DataFrame(res.counts), downloads
 
 
 # ---------------------------------------------------------------- Webcam tab
@@ -204,22 +197,40 @@ def webcam_frame(frame, state, variant, device, conf, iou, imgsz, classes=None, 
         gr.Warning("No frame from the webcam yet: allow camera access and press Record.")
         return gr.skip(), state
     state = state or {"fps": sv.FPSMonitor(), "frames": 0}
-    t0 = time.perf_counter()
+    t0, wall = time.perf_counter(), time.time()
     with user_errors(frame):
-        s, runtime = check_settings(variant, device, conf, iou, imgsz), check_runtime(runtime, device)
+        s = check_settings(variant, device, conf, iou, imgsz)
         rgb = load_image(frame)
+        t1 = time.perf_counter()
         # rect: every frame of a stream has one shape, so letterbox to the smallest rectangle (640x480 for a 4:3
         # camera, as the video tab does): a quarter fewer pixels than the square. No toast per frame: the overlay.
         detections, notice = on_device(s, runtime, lambda det: det.detect(
             rgb, conf=s.conf, iou=s.iou, imgsz=s.imgsz, classes=class_ids(det.names, classes), rect=True)[0],
             toast=False)
+    t2 = time.perf_counter()
     state["fps"].tick()
     state["frames"] += 1
-    ms = (time.perf_counter() - t0) * 1000
-    text = f"{s.variant.upper()} | {state['fps'].fps:.1f} FPS | {ms:.0f} ms | {len(detections)} objects"
+    text = f"{s.variant.upper()} | {state['fps'].fps:.1f} FPS | {(t2 - t0) * 1000:.0f} ms | {len(detections)} objects"
     if notice:
         text += " | on CPU: GPU unavailable"
-    return StatsAnnotator().annotate(DetectionAnnotator().annotate(rgb, detections), text), state
+    out = StatsAnnotator().annotate(DetectionAnnotator(smart_labels=False).annotate(rgb, detections), text)
+    if WEBCAM_TRACE:
+        _trace_frame(frame, wall, t0, t1, t2, time.perf_counter())
+    return out, state
+
+
+# ``app-fps`` sets this to a file: one JSON line of server timings per webcam frame, keyed by the frame's payload size.
+WEBCAM_TRACE = os.environ.get("STARNET_WEBCAM_TRACE")
+_trace_lock = threading.Lock()
+
+
+def _trace_frame(frame: Any, wall: float, *t: float) -> None:
+    url = frame.get("url") if isinstance(frame, dict) else None
+    line = {"n": len(url) if isinstance(url, str) else None, "start": round(wall * 1000, 3),
+            "decode_ms": round((t[1] - t[0]) * 1000, 3), "detect_ms": round((t[2] - t[1]) * 1000, 3),
+            "annotate_ms": round((t[3] - t[2]) * 1000, 3), "end": round((wall + t[3] - t[0]) * 1000, 3)}
+    with _trace_lock, open(WEBCAM_TRACE, "a") as f:
+        f.write(json.dumps(line) + "\n")
 
 
 # ---------------------------------------------------------------- Latency tab
@@ -231,7 +242,6 @@ def latency(image, variants, device, imgsz, runs=10, baseline=True, conf=0.25, i
     results, shots = [], []
     with user_errors(image):
         runs = check_number("runs", runs, 1, 100)
-        runtime = check_runtime(runtime, device)
         rgb = load_image(image)
         for model in models:
             s = check_settings(model, device, conf, iou, imgsz)
@@ -350,7 +360,7 @@ def cam(image, variants, layer="neck", imgsz=640, conf=0.25, iou=0.45, device="c
     models = check_models(variants)
     with user_errors(image):
         if layer not in cams.LAYERS:
-            raise ValueError(f"unknown layer {layer!r:.20}; choose one of {', '.join(cams.LAYERS)}")
+            raise InputError(f"unknown layer {layer!r:.20}; choose one of {', '.join(cams.LAYERS)}")
         rgb = load_image(image)
         shots, info = [], []
         for model in models:

