@@ -9,6 +9,7 @@ same file is the Space's ``app_file``. It only lays out the UI and wires compone
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import signal
@@ -122,8 +123,16 @@ if __name__ == "__main__":
     # A stop (SIGTERM, as a Space restart sends) closes the app, so that Gradio deletes the files it cached for
     # requests and the interpreter exits normally (atexit deletes our results folder) instead of being killed.
     signal.signal(signal.SIGTERM, lambda *_: app.close())
-    warm_up()
+    warming = warm_up()
     launch(app)
     # Gradio deletes the copies it records when its server shuts down; those it does not record (a generator's
     # results) go here, once the server has stopped.
     files.sweep_outputs(older_than_s=0)
+    warming.join(timeout=5)
+    if warming.is_alive():
+        # A warm-up still inside an export or an OpenVINO compile aborts the interpreter's teardown ("terminate
+        # called without an active exception": its native threads outlive Python's). Run the exit handlers (our
+        # results folder, logging), then leave without that teardown.
+        log.info("stopping during the warm-up; exiting without waiting for it")
+        atexit._run_exitfuncs()
+        os._exit(0)
