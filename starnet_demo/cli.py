@@ -38,11 +38,16 @@ def _variants(text: str) -> list[str]:
     return names
 
 
-def _variant(text: str) -> str:
-    names = _variants(text)
-    if len(names) != 1:
-        raise argparse.ArgumentTypeError(f"give one variant, got {text!r}")
-    return names[0]
+def _one(parse, kind: str):
+    """A parser for exactly one item of what ``parse`` reads as a comma list."""
+    def one(text: str) -> str:
+        names = parse(text)
+        if len(names) != 1:
+            raise argparse.ArgumentTypeError(f"give one {kind}, got {text!r}")
+        return names[0]
+
+    one.__name__ = kind  # argparse names the type in its own messages
+    return one
 
 
 def _stages(text: str) -> str:
@@ -98,11 +103,10 @@ def _runtimes(text: str) -> list[str]:
     return names
 
 
-def _runtime(text: str) -> str:
-    names = _runtimes(text)
-    if len(names) != 1:
-        raise argparse.ArgumentTypeError(f"give one runtime, got {text!r}")
-    return names[0]
+_variant = _one(_variants, "variant")
+_runtime = _one(_runtimes, "runtime")
+
+
 
 
 def _mix(text: str) -> dict[str, float]:

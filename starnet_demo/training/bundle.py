@@ -24,7 +24,7 @@ import cv2
 import yaml
 
 from ..weights.files import sha256_file
-from .data import DEFAULT_POOLS, _images, held_out_leaks
+from .data import DEFAULT_POOLS, _images, train_pools
 
 MIB = 1 << 20
 #: The device tool's limit on what one call sends: working tree, shared/ and carried paths together.
@@ -144,16 +144,9 @@ def build_bundle(shared: str | Path, out: str | Path, *, repo: str | Path = ".",
     if used > room:
         raise ValueError(f"no room for training images: wheels and held-out images take {used / MIB:.1f} MiB of "
                          f"{room / MIB:.1f} MiB")
-    queues = []
-    for pool in pools:
-        folder = datasets / pool / "images" / "train"
-        if not folder.is_dir():
-            continue
-        images = _images(folder)
-        if leaks := held_out_leaks(images, held_out):
-            raise ValueError(f"{pool} shares {len(leaks)} image(s) with the held-out val split, e.g. {leaks[:3]}")
+    queues = train_pools(datasets, pools, held_out)
+    for pool, images in queues:
         random.Random(f"{seed}-{pool}").shuffle(images)
-        queues.append((pool, images))
     if not queues:
         raise FileNotFoundError(f"no training pools found under {datasets}")
     taken = {pool: 0 for pool, _ in queues}

@@ -65,6 +65,21 @@ def _link_split(source: Path, images: Path) -> str:
     return str(images)
 
 
+def train_pools(root: Path, pools: tuple[str, ...], held_out: list[Path]) -> list[tuple[str, list[Path]]]:
+    """The train images of each pool under ``root`` that exists, in ``pools`` order; fails if any shares a file name
+    or a COCO id with a held-out image, so the evaluation can never see a training image."""
+    found = []
+    for pool in pools:
+        folder = root / pool / "images" / "train"
+        if not folder.is_dir():
+            continue
+        images = _images(folder)
+        if leaks := held_out_leaks(images, held_out):
+            raise ValueError(f"{pool} shares {len(leaks)} image(s) with the held-out val split, e.g. {leaks[:3]}")
+        found.append((pool, images))
+    return found
+
+
 def prepare_data(root: str | Path, out: str | Path, pools: tuple[str, ...] = DEFAULT_POOLS) -> Path:
     """Write ``out/data.yaml``: the train splits of ``pools`` under ``root`` merged, coco-mini's val held out.
 
@@ -80,16 +95,8 @@ def prepare_data(root: str | Path, out: str | Path, pools: tuple[str, ...] = DEF
     val_dir = base / "images" / "val"
     held_out = _images(val_dir)
 
-    found, counts = [], {}
-    for pool in pools:
-        folder = root / pool / "images" / "train"
-        if not folder.is_dir():
-            continue
-        images = _images(folder)
-        if leaks := held_out_leaks(images, held_out):
-            raise ValueError(f"{pool} shares {len(leaks)} image(s) with the held-out val split, e.g. {leaks[:3]}")
-        found.append(pool)
-        counts[pool] = len(images)
+    counts = {pool: len(images) for pool, images in train_pools(root, pools, held_out)}
+    found = list(counts)
     if not found:
         raise FileNotFoundError(f"no training pools found under {root}")
 
