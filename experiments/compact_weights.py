@@ -20,7 +20,7 @@ from starnet_demo.training.evaluate import evaluate
 from starnet_demo.weights.compact import SCOPES, describe
 from starnet_demo.weights.files import load_weights, read_config, save_weights, weight_files
 
-GENERATED = ("format", "variant", "nc", "names", "imgsz", "dtype", "int8", "file", "sha256")
+GENERATED = ("format", "variant", "nc", "names", "imgsz", "dtype", "int8", "int8_scope", "file", "sha256")
 
 
 def compact(variant: str, folder: Path, data: str, tolerance: float, split: str, scope: str,

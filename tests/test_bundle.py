@@ -25,7 +25,7 @@ from starnet_demo.inference.detector import clear_detectors, get_detector
 from starnet_demo.models.yolo import COCO_NAMES
 from starnet_demo.training.bundle import build_bundle
 from starnet_demo.training.gpu_run import parse_plan
-from starnet_demo.weights.files import load_weights
+from starnet_demo.weights.files import load_weights, save_weights
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -94,7 +94,8 @@ def test_run_script_trains_evaluates_and_returns_weights_the_app_loads(shapes_da
     bundle = tmp_path / "bundle"
     build_bundle(shared, bundle, repo=tmp_path, wheels=_wheel(tmp_path / "wheels"), max_bytes=10**6, long_side=128,
                  val_long_side=128)
-    start = random_weights(["s050"])
+    start = tmp_path / "start"  # packed as S2 and S3 are: the returned weights must be stored the same way
+    save_weights(load_weights(random_weights(["s050"]) / "s050.json")[0], start, int8=r"^model\.0\.")
     out = tmp_path / "out"
     env = {**os.environ, "OUT": str(out), "SITE": str(tmp_path / "site"), "PYTHON": sys.executable,
            "STARNET_WEIGHTS_DIR": str(start)}
@@ -119,7 +120,8 @@ def test_run_script_trains_evaluates_and_returns_weights_the_app_loads(shapes_da
         tar.extractall(unpacked, filter="data")
     model, config = load_weights(unpacked / "s050.json")
     budget = config["recipe"][-1]["budget"]
-    assert config["int8"] and variant["epochs"] <= (budget.get("resized") or [budget])[-1]["epochs"]
+    assert config["int8_scope"] == r"^model\.0\."
+    assert variant["epochs"] <= (budget.get("resized") or [budget])[-1]["epochs"]
     assert json.loads((unpacked / "s050.eval.json").read_text())["against"]["weights_sha256"] == variant["start_sha256"]
     monkeypatch.setenv("STARNET_WEIGHTS_DIR", str(unpacked))
     clear_detectors()

@@ -276,9 +276,15 @@ def test_a_time_budget_sizes_whole_epochs_once_on_one_cosine_schedule(monkeypatc
     slow, budget = _PacedTrainer(iterations=20), EpochBudget(100, skip=3, measure=10)
     for _ in range(13):
         budget.on_train_batch_end(slow)
-    monkeypatch.setattr(train_module.time, "time", lambda: 60.0)  # epoch 0 ended 60 s in, not 10
+    # The first epoch's end is not a pace (it holds the run's start-up): epoch 0 ends 40 s in, 30 s late, no cut.
+    planned = slow.epochs
+    monkeypatch.setattr(train_module.time, "time", lambda: 40.0)
     budget.on_train_epoch_end(slow)
-    assert slow.epochs == 1 and budget.decided["resized"] == [{"after_epoch": 1, "epochs": 1}]
+    assert slow.epochs == planned > 2 and "resized" not in budget.decided
+    slow.epoch = 1  # then epoch 1 takes 40 s, not 10: one more (40 s) fits the 100
+    monkeypatch.setattr(train_module.time, "time", lambda: 80.0)
+    budget.on_train_epoch_end(slow)
+    assert slow.epochs == 2 and budget.decided["resized"] == [{"after_epoch": 2, "epochs": 2}]
 
 
 def test_a_time_budget_needs_an_explicit_optimizer(shapes_data, tmp_path):

@@ -86,12 +86,14 @@ def train_one(variant: str, minutes: float, args: argparse.Namespace, data: str,
                      project=str(work / "runs"), name=variant, budget_s=budget, output_kd=args.output_kd,
                      freeze_bn=args.freeze_bn, imgsz=args.imgsz, batch=args.batch, workers=args.workers,
                      device=args.device, cache=args.cache or False, plots=False, exist_ok=True,
-                     **_settings(args.set))
+                     **{"lr0": args.lr0, **_settings(args.set)})
     trained_s = time.time() - began
     trained, config = load_weights(exported)
     folder = work / "weights" / variant
     meta = {k: config[k] for k in ("recipe", "license") if k in config}
-    saved = save_weights(trained, folder, meta={**meta, "license": start_meta.get("license", "AGPL-3.0")}, int8=True)
+    # Packed as the start was: packing every conv costs S2 0.009 mAP50 (docs/training/weights-int8.json).
+    saved = save_weights(trained, folder, meta={**meta, "license": start_meta.get("license", "AGPL-3.0")},
+                         int8=start_meta.get("int8_scope", True))
     model, _ = load_weights(saved)  # evaluate what is stored
     tensors = saved.with_suffix(".safetensors")
     result = evaluate(model, data, device=args.device, weights_file=tensors, bootstrap=args.bootstrap,
@@ -154,7 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=14)
     p.add_argument("--cache", default="ram", help="ram, disk or '' (none)")
     p.add_argument("--output-kd", type=float, default=1.0)
-    p.add_argument("--freeze-bn", action="store_true")
+    # Continuing converged weights: AdamW at 2e-3 (the from-scratch rate) with BatchNorms training cost S2-S4
+    # 0.026-0.083 mAP50 in 1.5-2.5 H200-minutes; 3e-4 with frozen BatchNorms kept S2 level (docs/training.md).
+    p.add_argument("--lr0", type=float, default=3e-4)
+    p.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more ultralytics train arguments")
     p.add_argument("--bootstrap", type=int, default=200, help="resamples for the paired standard errors")
     p.add_argument("--latency", action=argparse.BooleanOptionalAction, default=torch.cuda.is_available(),

@@ -116,6 +116,7 @@ class EpochBudget:
         self.seconds, self.skip, self.measure = seconds, skip, measure
         self.marks: list[float] = []
         self.decided: dict[str, float] = {}
+        self.first_epoch_end = 0.0
 
     def on_train_batch_end(self, trainer: DetectionTrainer) -> None:
         if not self.decided and trainer.epoch == trainer.start_epoch:
@@ -126,11 +127,15 @@ class EpochBudget:
     def on_train_epoch_end(self, trainer: DetectionTrainer) -> None:
         if not self.decided:
             self.decide(trainer)
-            return
-        # Only if the pace has fallen since (a machine shared with other work): the epochs left that still fit.
         done = trainer.epoch + 1 - trainer.start_epoch
-        elapsed = time.time() - trainer.train_time_start
-        per_epoch = elapsed / done
+        now = time.time()
+        if done == 1:
+            self.first_epoch_end = now
+            return
+        # Only if the pace has fallen since (a machine shared with other work): the epochs left that still fit. The
+        # pace is that of the epochs after the first, whose start-up (caching, workers, kernel choice) happens once.
+        elapsed = now - trainer.train_time_start
+        per_epoch = (now - self.first_epoch_end) / (done - 1)
         if elapsed + (trainer.epochs - trainer.epoch - 1) * per_epoch > self.seconds * 1.02:
             epochs = trainer.epoch + 1 + max(0, math.floor((self.seconds - elapsed) / per_epoch))
             self._set_epochs(trainer, epochs)

@@ -54,7 +54,7 @@ def save_weights(model: DetectionModel, directory: str | Path, meta: Mapping[str
                  dtype: torch.dtype = torch.float16, int8: bool | str = False) -> Path:
     """Write tensors and config for ``model``; returns the config's path. ``meta`` adds or overrides config keys.
     ``int8`` stores the large conv weights as int8 (``compact``), as the committed weights are; a string packs only
-    those whose key matches it."""
+    those whose key matches it (``int8_scope`` in the config: retrained weights are stored as their start was)."""
     variant = variant_of(model)
     tensors_path, config_path = weight_files(variant, directory)
     tensors_path.parent.mkdir(parents=True, exist_ok=True)
@@ -72,7 +72,7 @@ def save_weights(model: DetectionModel, directory: str | Path, meta: Mapping[str
         "names": {str(k): v for k, v in model.names.items()},
         "imgsz": 640,
         "dtype": str(dtype).removeprefix("torch."),
-        **({"int8": describe(scope)} if int8 is not False else {}),
+        **({"int8": describe(scope), "int8_scope": scope} if int8 is not False else {}),
         **(meta or {}),
         "file": tensors_path.name,
         "sha256": sha256_file(tensors_path),
