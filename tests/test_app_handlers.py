@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from app_support import BUS, CLIP_FRAMES, EXAMPLES, boxy_weights, load_app, png_header_only, write_video
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
 
 from starnet_demo.inference import devices
@@ -21,9 +22,23 @@ from starnet_demo.inference.detector import clear_detectors
 from starnet_demo.inference.runtimes import EXPORT_FORMATS, resolve_runtime
 from starnet_demo.inference.spec import resolve_spec
 from starnet_demo.ui import choices, files, handlers
+from starnet_demo.viz.plots import tradeoff_figure
 from starnet_demo.weights.files import record_metrics
 
 SETTINGS = ("s1", "cpu", 0.25, 0.45, 320)
+
+
+class Heard:
+    """What a handler tells ``gr.Progress``, called as Gradio's tracker is: ``progress(fraction, desc=...)``."""
+
+    def __init__(self):
+        self.updates: list[tuple[float, str | None]] = []
+
+    def __call__(self, fraction, desc=None, **_):
+        self.updates.append((fraction, desc))
+
+    def exports(self) -> list[str]:
+        return [d for _, d in self.updates if d and d.startswith("exporting")]
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +152,47 @@ def test_warm_up_exports_and_loads_the_default_detector(app, caplog, monkeypatch
     clear_detectors()  # the others use the default export folder
 
 
+@pytest.mark.slow  # two OpenVINO/ONNX exports
+def test_a_models_first_use_shows_its_export_and_a_second_use_nothing(app, monkeypatch, tmp_path):
+    """With an empty export cache, the image handler reports S1's export step by step, at the request's size only
+    (not the default 640 first); the same request again reports nothing, and the latency comparison then reports
+    the export of the one model new to it, YOLOv8n."""
+    monkeypatch.setenv("STARNET_EXPORT_DIR", str(tmp_path))
+    clear_detectors()
+    fmt = EXPORT_FORMATS[resolve_runtime("auto", "cpu")]
+    try:
+        first, again, compared = Heard(), Heard(), Heard()
+        handlers.detect_image(str(BUS), "s1", "cpu", 0.25, 0.45, 512, progress=first)
+        assert first.exports() == [f"exporting s1 to {fmt} at 512×512 (once; cached afterwards)"]
+        fractions = [f for f, _ in first.updates]
+        assert fractions == sorted(fractions) and fractions[0] >= 0 and first.updates[-1] == (1.0, "ready")
+        handlers.detect_image(str(BUS), "s1", "cpu", 0.25, 0.45, 512, progress=again)
+        assert again.updates == []
+        handlers.latency(str(BUS), ["s1"], "cpu", 512, runs=1, baseline=True, progress=compared)
+        assert compared.exports() == [f"exporting yolov8n to {fmt} at 512×512 (once; cached afterwards)"]
+    finally:
+        clear_detectors()  # the others use the default export folder
+
+
+@pytest.mark.parametrize("call", [
+    lambda p: handlers.detect_image(str(BUS), "s1", "cpu", 0.25, 0.45, 160, runtime="pytorch", progress=p),
+    lambda p: handlers.latency(str(BUS), ["s1"], "cpu", 160, runs=1, baseline=False, runtime="pytorch", progress=p),
+    lambda p: handlers.star_maps(str(BUS), "s1", "2.7", 160, top_k=1, progress=p),
+    lambda p: handlers.star_vs_sum(str(BUS), "s1", "stage 2", "2.7", 160, progress=p),
+    lambda p: handlers.cam(str(BUS), ["s1"], "neck", 160, progress=p),
+], ids=["image", "latency", "star_maps", "star_vs_sum", "cam"])
+def test_every_model_handler_shows_a_first_use_and_not_a_second(app, call):
+    """Each handler that loads a model reports the load on the model's first use (PyTorch here: no export, which
+    the slow test above covers) to the tracker Gradio passes, and a second request reports nothing."""
+    clear_detectors()
+    first, again = Heard(), Heard()
+    call(first)
+    call(again)
+    assert any("s1" in desc for _, desc in first.updates) and first.updates[-1] == (1.0, "ready")
+    assert all(0 <= f <= 1 for f, _ in first.updates)
+    assert again.updates == []
+
+
 # ---------------------------------------------------------------- devices
 def test_gpu_failure_falls_back_to_cpu():
     def work(device):
@@ -149,15 +205,6 @@ def test_gpu_failure_falls_back_to_cpu():
     assert devices.run_on("cpu", work) == ("cpu", None)
     with pytest.raises(ValueError):  # a bad input is not a GPU problem: no retry
         devices.run_on("cuda:0", lambda d: (_ for _ in ()).throw(ValueError("bad input")))
-
-
-def test_zero_gpu_decorator_is_a_no_op_off_zerogpu(monkeypatch):
-    monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
-
-    def fn():
-        return 1
-
-    assert devices.zero_gpu(duration=10)(fn) is fn
 
 
 def test_models_are_loaded_once_per_variant_and_device(app):
@@ -316,7 +363,7 @@ def test_latency_times_variants_and_baseline_side_by_side(app):
     assert list(table["model"]) == ["StarNet-S1", "YOLOv8n (reference)"]
     assert {"mAP50 (held out)", "runtime", "params (M)", "GFLOPs", "total ms (median / p90)"} <= set(table.columns)
     # the test weights carry no recorded figures: no accuracy to plot, and the table says so
-    assert list(table["mAP50 (held out)"]) == ["not measured"] * 2 and tradeoff.empty
+    assert list(table["mAP50 (held out)"]) == ["not measured"] * 2 and tradeoff is None
     assert [r["map50"] for r in results] == [None, None]
     assert set(plot["stage"]) == {"preprocess", "inference", "postprocess"} and len(plot) == 6
     assert len(shots) == 2 and shots[0][0].shape == np.asarray(Image.open(BUS)).shape
@@ -355,6 +402,9 @@ def test_app_builds_with_every_tab(app):
     demo = app.build_app()
     names = {fn.api_name for fn in demo.fns.values()}
     assert {"detect_image", "detect_video", "latency", "star_maps", "webcam"} <= names
+    # Gradio finds each model handler's progress tracker through the file_outputs wrapper, and injects it
+    tracked = {fn.api_name for fn in demo.fns.values() if fn.tracks_progress}
+    assert tracked == {"detect_image", "detect_video", "latency", "star_maps", "star_vs_sum", "cam"}
     assert len(list(EXAMPLES.glob("*.jpg"))) >= 5 and (EXAMPLES / "vtest.mp4").is_file()
 
 
@@ -367,4 +417,30 @@ def test_latency_rows_carry_the_recorded_map50(app, weights):
     finally:
         config.write_text(before)
     assert results[0]["map50"] == 0.385 and list(table["mAP50 (held out)"]) == ["0.385 ± 0.028"]
-    assert tradeoff.to_dict("records") == [{"model": "StarNet-S1", "ms": results[0]["total_ms"], "mAP50": 0.385}]
+    assert plotted(tradeoff) == {"StarNet-S1": (results[0]["total_ms"], 0.385)}
+
+
+def plotted(fig) -> dict[str, tuple[float, float]]:
+    """``{label: (x, y)}`` of a tradeoff figure's points, after checking that each point has one label, naming it,
+    and that every point and label lies strictly inside the axes."""
+    (ax,) = fig.axes
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    points = [tuple(xy) for c in ax.collections for xy in c.get_offsets()]
+    labels = {t.get_text(): tuple(t.xy) for t in ax.texts}
+    assert len(labels) == len(ax.texts) == len(points) and sorted(labels.values()) == sorted(points)
+    (x0, x1), (y0, y1), frame = ax.get_xlim(), ax.get_ylim(), ax.get_window_extent(renderer)
+    for t in ax.texts:
+        x, y = t.xy
+        assert x0 < x < x1 and y0 < y < y1, (t.get_text(), (x, y), (x0, x1), (y0, y1))
+        box = t.get_window_extent(renderer)
+        assert frame.x0 < box.x0 and box.x1 < frame.x1 and frame.y0 < box.y0 and box.y1 < frame.y1, t.get_text()
+    return {name: (float(x), float(y)) for name, (x, y) in labels.items()}
+
+
+def test_the_tradeoff_plot_names_each_model_and_keeps_it_off_the_edges():
+    """Three models as measured on the Latency tab (S4 the slowest, the reference the most accurate and fastest):
+    each point labelled with its model, none on an axis' edge; one model alone (a zero range) is padded too."""
+    points = [("StarNet-S1", 41.0, 0.385), ("StarNet-S4", 96.5, 0.401), ("YOLOv8n (reference)", 30.2, 0.52)]
+    assert plotted(tradeoff_figure(points)) == {name: (ms, m) for name, ms, m in points}
+    assert plotted(tradeoff_figure(points[:1])) == {"StarNet-S1": (41.0, 0.385)}
+    assert tradeoff_figure([]) is None

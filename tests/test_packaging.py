@@ -47,8 +47,6 @@ def requirements(name: str) -> dict[str, Requirement]:
 #: Requirements of the app that no module imports, and why they are there.
 USED_INDIRECTLY = {"onnx": "ultralytics' ONNX export", "onnxslim": "ultralytics' ONNX export",
                    "lap": "ultralytics' ByteTrack", "torchvision": "timm and ultralytics, at a build matching torch"}
-#: Imports that no requirement provides, and why.
-PROVIDED_ELSEWHERE = {"spaces": "the ZeroGPU Space runtime (imported only there)"}
 
 
 def imported_modules(paths: list[Path]) -> set[str]:
@@ -70,8 +68,6 @@ def test_every_import_is_declared_and_every_requirement_used():
     distributions = importlib.metadata.packages_distributions()
     used = set()
     for module in sorted(imported_modules([ROOT / "app.py", *(ROOT / "starnet_demo").rglob("*.py")])):
-        if module in PROVIDED_ELSEWHERE:
-            continue
         provided_by = {canonicalize_name(d) for d in distributions.get(module, [])}
         assert provided_by & (app.keys() | train.keys()), f"{module} (from {provided_by}) is not declared"
         used |= provided_by

@@ -214,12 +214,14 @@ class Detector:
                                                                speed["postprocess"])
 
 
-def detector_for(spec: ModelSpec, progress: Progress | None = None) -> Detector:
-    """The pooled detector of a resolved spec, loaded on first use (``progress`` hears about that load). Its first
-    backend is built outside the detector's pool entry, so each entry's cost is its own."""
+def detector_for(spec: ModelSpec, progress: Progress | None = None, imgsz: int | None = None) -> Detector:
+    """The pooled detector of a resolved spec, loaded on first use (``progress`` hears about that load), with its
+    backend for a square ``imgsz`` (default: the spec's) built now, so that a request at another size does not
+    export the default size first. That backend is built outside the detector's pool entry, so each entry's cost is
+    its own."""
     detector = POOL.get(spec, lambda: Detector(spec, progress, prepare=False), floor=lambda d: _tensor_bytes(d.model))
-    if not detector.prepared and detector.runtime != "ultralytics":
-        detector.prepare(progress=progress)
+    if detector.runtime != "ultralytics" and (imgsz is not None or not detector.prepared):
+        detector.prepare(imgsz, progress=progress)
     return detector
 
 

@@ -1,14 +1,12 @@
 """Where a detector can run: the CPU and each CUDA GPU torch sees, why there is no GPU, and falling back to the CPU.
 
 A GPU that is out of memory or busy must not fail a request: ``run_on`` retries on the CPU and returns a notice the
-UI shows. On a ZeroGPU Space the GPU only exists inside functions decorated with ``spaces.GPU``; ``zero_gpu`` applies
-that decorator where the ``spaces`` package is present and is a no-op everywhere else.
+UI shows.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import platform
 from collections.abc import Callable
 from functools import lru_cache
@@ -42,18 +40,11 @@ def cpu_info() -> dict[str, Any]:
     return {"cpu": cpu, "cpu_flags": [f for f in ISA_FLAGS if f in flags], "virtual_machine": "hypervisor" in flags}
 
 
-def on_zero_gpu() -> bool:
-    """True on a Hugging Face ZeroGPU Space, where CUDA appears only inside ``spaces.GPU`` calls."""
-    return os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "true")
-
-
 def available() -> list[str]:
     """``["cpu", "cuda:0", ...]``: every device a detector may be put on."""
     devices = ["cpu"]
     if torch.cuda.is_available():
         devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    elif on_zero_gpu():
-        devices.append("cuda:0")
     return devices
 
 
@@ -63,9 +54,7 @@ def label(device: str) -> str:
         n = torch.get_num_threads()
         return f"CPU ({n} thread{'' if n == 1 else 's'})"
     index = int(device.split(":")[1])
-    if torch.cuda.is_available():
-        return f"GPU {index}: {torch.cuda.get_device_name(index)}"
-    return f"GPU {index} (ZeroGPU)"
+    return f"GPU {index}: {torch.cuda.get_device_name(index)}"
 
 
 def why_no_gpu() -> str | None:
@@ -108,15 +97,3 @@ def run_on(device: str, fn: Callable[[str], T]) -> tuple[T, str | None]:
             torch.cuda.empty_cache()
         reason = str(e).splitlines()[0][:160]
         return fn("cpu"), f"{device} could not run this ({reason}); it ran on the CPU instead."
-
-
-def zero_gpu(duration: int = 60) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """``spaces.GPU(duration=…)`` on a ZeroGPU Space; elsewhere the function unchanged."""
-    if on_zero_gpu():
-        try:
-            import spaces
-        except ImportError:
-            pass
-        else:
-            return spaces.GPU(duration=duration)
-    return lambda fn: fn

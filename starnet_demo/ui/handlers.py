@@ -31,6 +31,7 @@ from ..explain import swap, toy
 from ..inference import devices
 from ..inference.detector import Detector, detector_for
 from ..inference.latency import measure
+from ..inference.runtimes import Progress
 from ..inference.settings import Settings, check_int, check_number, check_settings, class_ids
 from ..inference.spec import ModelSpec, resolve_spec
 from ..inference.video import detect_video
@@ -38,6 +39,7 @@ from ..media.images import read_image
 from ..media.sinks import DetectionFiles
 from ..models.yolo import BASELINE
 from ..viz.annotate import DetectionAnnotator, StatsAnnotator, records
+from ..viz.plots import tradeoff_figure
 from ..viz.starmaps import gallery, overlay
 from ..weights.hub import Located
 from .choices import block_choices, model_name, recorded_metrics
@@ -69,10 +71,12 @@ def load_image(value: Any) -> np.ndarray:
     return read_image(value)
 
 
-def load_detector(spec: ModelSpec) -> Detector:
-    """The pooled detector of a resolved choice. That the weights are not the pinned Hub release is said once per
+def load_detector(spec: ModelSpec, progress: Progress | None = None, imgsz: int | None = None) -> Detector:
+    """The pooled detector of a resolved choice, with its backend for a square ``imgsz`` built now when given: a first
+    use's load, export and compilation (seconds) are reported to ``progress`` (``gr.Progress``'s signature) instead
+    of passing in silence inside the detection. That the weights are not the pinned Hub release is said once per
     process and model, plainly (the reason is in the server log, from ``hub.locate``)."""
-    detector = detector_for(spec)
+    detector = detector_for(spec, progress, imgsz)
     if spec.weights is not None and spec.weights.notice and spec.weights not in _told:
         _told.add(spec.weights)
         gr.Warning(f"{spec.variant.upper()} weights: {spec.weights.notice}.")
@@ -104,27 +108,31 @@ def check_block(variant: str, block: Any) -> str:
     return str(block)
 
 
-def on_device(s: Settings, runtime: str, fn: Callable[[Detector], T], toast: bool = True) -> tuple[T, str | None]:
+def on_device(s: Settings, runtime: str, fn: Callable[[Detector], T], toast: bool = True,
+              progress: Progress | None = None, imgsz: int | None = None) -> tuple[T, str | None]:
     """``fn(detector)`` for the request's model choice, resolved once (``resolve_spec``), on the chosen device;
-    retried on the CPU (``ModelSpec.on``, with a notice) when the GPU cannot take it."""
+    retried on the CPU (``ModelSpec.on``, with a notice) when the GPU cannot take it. ``progress`` hears about a
+    first use's load and export, and about those of the square ``imgsz`` backend when ``fn`` runs one
+    (``load_detector``)."""
     spec = resolve_spec(s.variant, s.device, runtime)
-    result, notice = devices.run_on(spec.device, lambda dev: fn(load_detector(spec if dev == spec.device
-                                                                              else spec.on(dev))))
+    result, notice = devices.run_on(spec.device, lambda dev: fn(load_detector(
+        spec if dev == spec.device else spec.on(dev), progress, imgsz)))
     if notice and toast:
         gr.Warning(notice)
     return result, notice
 
 
 # ---------------------------------------------------------------- Image tab
-@devices.zero_gpu(duration=30)
-def detect_image(image, variant, device, conf, iou, imgsz, classes=None, runtime="auto"):
+def detect_image(image, variant, device, conf, iou, imgsz, classes=None, runtime="auto",
+                 progress=gr.Progress()):  # noqa: B008 (Gradio injects progress through this default)
     """Detect objects in one image: annotated image, detections JSON, table, timings line, and the detections as
-    JSON and CSV files (supervision's sinks)."""
+    JSON and CSV files (supervision's sinks). A model's first use shows its export's progress."""
     with user_errors(image):
         s = check_settings(variant, device, conf, iou, imgsz)
         rgb = load_image(image)
         (detections, t), notice = on_device(s, runtime, lambda det: det.detect(
-            rgb, conf=s.conf, iou=s.iou, imgsz=s.imgsz, classes=class_ids(det.names, classes)))
+            rgb, conf=s.conf, iou=s.iou, imgsz=s.imgsz, classes=class_ids(det.names, classes)), progress=progress,
+            imgsz=s.imgsz)
     rows = records(detections)
     table = pd.DataFrame([[r["class"], r["confidence"], *r["box"]] for r in rows],
                          columns=["class", "confidence", "x1", "y1", "x2", "y2"])
@@ -140,7 +148,6 @@ def detect_image(image, variant, device, conf, iou, imgsz, classes=None, runtime
 
 
 # ---------------------------------------------------------------- Video tab
-@devices.zero_gpu(duration=120)
 def detect_video_file(video, variant, device, conf, iou, imgsz, track=False, classes=None, runtime="auto",
                       progress=gr.Progress()):  # noqa: B008 (Gradio injects progress through this default)
     """Detect (and optionally track) objects in every frame: H.264 mp4, summary JSON, per-class counts table, and
@@ -234,10 +241,11 @@ def _trace_frame(frame: Any, wall: float, *t: float) -> None:
 
 
 # ---------------------------------------------------------------- Latency tab
-@devices.zero_gpu(duration=120)
-def latency(image, variants, device, imgsz, runs=10, baseline=True, conf=0.25, iou=0.45, runtime="auto"):
+def latency(image, variants, device, imgsz, runs=10, baseline=True, conf=0.25, iou=0.45, runtime="auto",
+            progress=gr.Progress()):  # noqa: B008 (Gradio injects progress through this default)
     """Time each selected model (and the YOLOv8n reference) on one image: table, stage bar plot, accuracy against
-    latency, annotated gallery, JSON. Each row carries the model's recorded held-out mAP50."""
+    latency (a figure, None when no model has a recorded mAP50), annotated gallery, JSON. Each row carries the
+    model's recorded held-out mAP50. A model's first use shows its export's progress, outside the timing."""
     models = check_models(variants, (BASELINE,) if baseline else ())
     results, shots = [], []
     with user_errors(image):
@@ -250,7 +258,7 @@ def latency(image, variants, device, imgsz, runs=10, baseline=True, conf=0.25, i
                 r = measure(det, rgb, runs=int(runs), warmup=2, conf=s.conf, iou=s.iou, imgsz=s.imgsz)
                 return r, det.detect(rgb, conf=s.conf, iou=s.iou, imgsz=s.imgsz)[0]
 
-            (r, detections), _ = on_device(s, runtime, work)
+            (r, detections), _ = on_device(s, runtime, work, progress=progress, imgsz=s.imgsz)
             metrics = recorded_metrics(s.variant)
             results.append({"model": model_name(s.variant), "variant": s.variant, "map50": metrics.get("map50"),
                             "map50_se": metrics.get("map50_se"), **r})
@@ -264,8 +272,7 @@ def latency(image, variants, device, imgsz, runs=10, baseline=True, conf=0.25, i
         "FPS": r["fps"]} for r in results])
     stages = pd.DataFrame([{"model": r["model"], "stage": s, "ms": r[f"{s}_ms"]} for r in results
                            for s in ("preprocess", "inference", "postprocess")])
-    tradeoff = pd.DataFrame([{"model": r["model"], "ms": r["total_ms"], "mAP50": r["map50"]} for r in results
-                             if r["map50"] is not None], columns=["model", "ms", "mAP50"])
+    tradeoff = tradeoff_figure([(r["model"], r["total_ms"], r["map50"]) for r in results if r["map50"] is not None])
     return table, stages, tradeoff, shots, results
 
 
@@ -276,8 +283,8 @@ def _accuracy(r: dict) -> str:
 
 
 # ---------------------------------------------------------------- Star operation tab
-@devices.zero_gpu(duration=30)
-def star_maps(image, variant, block, imgsz=640, top_k=3, device="cpu"):
+def star_maps(image, variant, block, imgsz=640, top_k=3, device="cpu",
+              progress=gr.Progress()):  # noqa: B008 (Gradio injects progress through this default)
     """Heatmaps of act(f1(x)), f2(x) and their product for one block: gallery items and a summary JSON."""
     with user_errors(image):
         s = check_settings(variant, device, 0.25, 0.45, imgsz)
@@ -285,15 +292,16 @@ def star_maps(image, variant, block, imgsz=640, top_k=3, device="cpu"):
         top_k = check_number("top channels", top_k, 1, 16)
         rgb = load_image(image)
         # the hooks need the PyTorch model, which every detector keeps
-        (boxed, maps), _ = on_device(s, "pytorch", lambda det: det.star_maps(rgb, block, s.imgsz))
+        (boxed, maps), _ = on_device(s, "pytorch", lambda det: det.star_maps(rgb, block, s.imgsz),
+                                     progress=progress)
         items = gallery(boxed, maps, top_k=int(top_k))
     energy = {w: [round(float(v), 5) for v in maps.energy(w)] for w in ("act_f1", "f2", "star")}
     return items, {"variant": s.variant, "block": maps.key, "shape_chw": list(maps.shape), "energy": energy}
 
 
 # ---------------------------------------------------------------- Why stars tab
-@devices.zero_gpu(duration=30)
-def star_vs_sum(image, variant, swap_in, block, imgsz=640, conf=0.25, iou=0.45, device="cpu"):
+def star_vs_sum(image, variant, swap_in, block, imgsz=640, conf=0.25, iou=0.45, device="cpu",
+                progress=gr.Progress()):  # noqa: B008 (Gradio injects progress through this default)
     """Detections and one block's maps with the star as trained and with a sum swapped into ``swap_in`` (``all``,
     ``stage N``, block keys, or a list of them): gallery items (detections both ways, then the block's maps) and a
     summary JSON."""
@@ -302,7 +310,8 @@ def star_vs_sum(image, variant, swap_in, block, imgsz=640, conf=0.25, iou=0.45, 
         block = check_block(s.variant, block)
         swapped = swap.swap_keys(s.variant, swap_in)
         rgb = load_image(image)
-        r, _ = on_device(s, "pytorch", lambda det: swap.star_vs_sum(det, rgb, swapped, block, s.conf, s.iou, s.imgsz))
+        r, _ = on_device(s, "pytorch", lambda det: swap.star_vs_sum(det, rgb, swapped, block, s.conf, s.iou, s.imgsz),
+                         progress=progress)
     where = "all blocks" if len(swapped) == len(block_choices(s.variant)) else ", ".join(
         [swap_in] if isinstance(swap_in, str) else map(str, swap_in))
     kept = r.kept()
@@ -353,8 +362,8 @@ def toy_sweep(dataset: str, depth: int) -> pd.DataFrame:
                         columns=["width", "fusion", "accuracy"])
 
 
-@devices.zero_gpu(duration=60)
-def cam(image, variants, layer="neck", imgsz=640, conf=0.25, iou=0.45, device="cpu"):
+def cam(image, variants, layer="neck", imgsz=640, conf=0.25, iou=0.45, device="cpu",
+        progress=gr.Progress()):  # noqa: B008 (Gradio injects progress through this default)
     """EigenCAM heat maps of each chosen model over one image, with the boxes of the same forward pass: gallery
     items and a summary JSON."""
     models = check_models(variants)
@@ -365,7 +374,8 @@ def cam(image, variants, layer="neck", imgsz=640, conf=0.25, iou=0.45, device="c
         shots, info = [], []
         for model in models:
             s = check_settings(model, device, conf, iou, imgsz)
-            c, _ = on_device(s, "pytorch", lambda det, s=s: cams.eigencam(det, rgb, layer, s.conf, s.iou, s.imgsz))
+            c, _ = on_device(s, "pytorch", lambda det, s=s: cams.eigencam(det, rgb, layer, s.conf, s.iou, s.imgsz),
+                             progress=progress)
             shots.append((DetectionAnnotator().annotate(overlay(rgb, c.heat), c.detections),
                           f"{model_name(s.variant)}: {len(c.detections)} objects"))
             info.append({"variant": s.variant, "objects": len(c.detections), "detections": records(c.detections)})
