@@ -68,6 +68,17 @@ def test_summary_counts_new_frames_and_lag():
     assert s["camera_frames_per_new_frame"]["median"] == 2 and s["codes_read"] == 100
 
 
+def test_lag_uses_the_camera_rate_not_the_pages_sampling_rate():
+    """A 30 FPS camera looping 200 frames that a busy page samples at 10 Hz; each shown frame is painted 14 camera
+    frames (467 ms) late. Sized from the 10 Hz sampling, the match window (half a loop, 10 s) would reach the same code
+    one loop (6.7 s) earlier and report a lag of about 7 s."""
+    camera = [{"t": i * 100.0, "code": (3 * i) % 200} for i in range(301)]
+    shown = [{"t_paint": i * 100.0 + 1, "code": (3 * i - 14) % 200} for i in range(150, 301)]
+    s = summarise(shown, camera, loop=200, declared_fps=30, seconds=10)
+    assert s["camera_fps_measured"] == pytest.approx(30) and s["camera_frames_seen_fps"] == pytest.approx(10)
+    assert s["lag_frames"]["median"] == 14 and s["lag_ms"]["median"] == pytest.approx(467, abs=20)
+
+
 def test_stage_breakdown_follows_one_frame():
     """One frame's trip with known times (page ms; the server's in epoch ms from ``origin``): each stage comes out."""
     origin = 1_000_000.0

@@ -316,27 +316,29 @@ def summarise(shown: list[dict[str, Any]], camera: list[dict[str, Any]], loop: i
     The app can answer one camera frame twice (the page sends on a timer), so ``new_fps`` counts only frames that show
     a newer camera frame than the one before (among consecutive read pairs). The lag of a shown frame: how many
     camera frames the camera had moved on when it was painted (``lag_frames``), and how long after the camera
-    presented that frame (``lag_ms``).
+    presented that frame (``lag_ms``, from the camera's rate).
     """
     end = max([f["t_paint"] for f in shown] + [c["t"] for c in camera] + [0.0])
     shown = [f for f in shown if f["t_paint"] >= end - seconds * 1000]
     cams = [c for c in camera if c["t"] >= end - seconds * 1000 - 2000]  # 2 s more, to find the frames shown late
-    times = [c["t"] for c in cams if c["t"] >= end - seconds * 1000]
-    camera_fps = (len(times) - 1) / (times[-1] - times[0]) * 1000 if len(times) > 2 else None
+    recent = [c for c in cams if c["t"] >= end - seconds * 1000 and c["code"] is not None]
+    # The camera's rate is how fast its codes advance, not how often the page saw a frame: a busy page samples a
+    # 30 FPS camera a few times a second, and a window sized from that rate would match a code a clip loop earlier.
+    advanced = sum((b["code"] - a["code"]) % loop for a, b in zip(recent, recent[1:], strict=False))
+    span = recent[-1]["t"] - recent[0]["t"] if len(recent) > 2 else 0
+    camera_fps = advanced / span * 1000 if span > 0 and advanced else None
+    seen_fps = (len(recent) - 1) / span * 1000 if span > 0 else None
     fps = (len(shown) - 1) / (shown[-1]["t_paint"] - shown[0]["t_paint"]) * 1000 if len(shown) > 2 else 0.0
     reference = camera_fps or declared_fps
     lags, lag_ms = [], []
     for f in shown:
-        before = [c for c in cams if c["t"] <= f["t_paint"]]
-        live = next((c["code"] for c in reversed(before) if c["code"] is not None), None)
+        live = next((c for c in reversed(cams) if c["t"] <= f["t_paint"] and c["code"] is not None), None)
         if f["code"] is None or live is None:
             continue
-        lags.append((live - f["code"]) % loop)
-        # the camera's frame of that code, if the page saw it present (not one a loop of the clip earlier)
-        when = next((c["t"] for c in reversed(before) if c["code"] == f["code"]
-                     and c["t"] >= f["t_paint"] - loop / 2 / reference * 1000), None)
-        if when is not None:
-            lag_ms.append(f["t_paint"] - when)
+        lags.append((live["code"] - f["code"]) % loop)
+        # When the camera presented that code: the live frame's time less the frames between them at the camera's
+        # rate (the page rarely saw that very frame itself).
+        lag_ms.append(f["t_paint"] - live["t"] + lags[-1] / reference * 1000)
     steps = [(b["code"] - a["code"]) % loop for a, b in zip(shown, shown[1:], strict=False)
              if a["code"] is not None and b["code"] is not None]
     new_fps = fps * sum(s > 0 for s in steps) / len(steps) if steps else None
@@ -344,6 +346,7 @@ def summarise(shown: list[dict[str, Any]], camera: list[dict[str, Any]], loop: i
         "frames_shown": len(shown), "fps": round(fps, 2),
         "new_fps": round(new_fps, 2) if new_fps is not None else None,
         "camera_fps_declared": declared_fps, "camera_fps_measured": round(camera_fps, 2) if camera_fps else None,
+        "camera_frames_seen_fps": round(seen_fps, 2) if seen_fps else None,
         "share_of_camera": round(new_fps / reference, 3) if new_fps is not None and reference else None,
         "lag_frames": _stats(lags), "lag_ms": _stats(lag_ms),
         "camera_frames_per_new_frame": _stats([s for s in steps if s > 0]),
