@@ -4,12 +4,13 @@ time goes.
 Headless Chromium's fake camera plays a Y4M clip made here at a known frame rate (``write_y4m``): the example photo
 sliding sideways, each frame's index written as a bar code along its bottom edge. Chromium streams it through the
 app's Webcam tab. In the page, a light observer does work only when something happens: each camera frame
-(``requestVideoFrameCallback``) and each annotated frame shown (the output image's ``load``) has its bar code read off
-a 2-pixel strip; the JPEG encode of each frame sent is timed by wrapping ``toDataURL``, and the browser's resource
-timings give each frame's upload (the ``/stream`` POST) and each result's download. The app, started with
-``STARNET_WEBCAM_TRACE``, writes its own timings per frame (decode, detect, annotate). From these the tool reports the
-shown rate (``new_fps``: frames showing a newer camera frame), the lag behind the live camera in frames and ms, the
-median of each stage of a frame's trip (``stage_breakdown``) and the app's CPU time per handler call.
+(``requestVideoFrameCallback``: its time, and the bar code of every ``CAMERA_READ_EVERY``-th) and each annotated frame
+shown (the output image's ``load``) has its bar code read off a 2-pixel strip; the JPEG encode of each frame sent is
+timed by wrapping ``toDataURL``, and the browser's resource timings give each frame's upload (the ``/stream`` POST) and
+each result's download. The app, started with ``STARNET_WEBCAM_TRACE``, writes its own timings per frame (decode,
+detect, annotate). From these the tool reports the shown rate (``new_fps``: frames showing a newer camera frame), the
+lag behind the live camera in frames and ms, the median of each stage of a frame's trip (``stage_breakdown``) and the
+app's CPU time per handler call.
 
 Beside it, ``handler_fps``: ``ui.handlers.webcam_frame`` alone, called in a process of its own on the same frames (the
 clip, JPEG-encoded as the browser does) and on the app's cores: the rate the server could reach if the transport cost
@@ -53,6 +54,9 @@ BITS = 8  # a clip of up to 2**BITS frames loops without two frames sharing a co
 CELLS = 2 * BITS + 2
 ABOVE = 48  # the code's distance from the bottom edge, clear of the app's FPS line (``viz.annotate.StatsAnnotator``)
 BROWSER_JPEG_QUALITY = 92  # what canvas.toDataURL("image/jpeg") uses, as Gradio's webcam calls it
+# Reading a frame's bar code copies pixels back from the page's compositor; on every camera frame that cost the
+# browser's core more than the app's frames did. The camera's rate and the lags need only some codes (``summarise``).
+CAMERA_READ_EVERY = 10
 STAGES = ("camera_wait", "browser_encode", "upload", "queue_wait", "decode", "detect", "annotate", "encode_send",
           "download", "render")
 
@@ -71,7 +75,7 @@ INIT_JS = """(() => {
 
 # Started once the stream runs: reads the bar code of each camera frame and each annotated frame shown, from a strip
 # two pixels high (read_code, in the page), and logs when each was presented.
-OBSERVE_JS = """([bits, above, outSelector]) => {
+OBSERVE_JS = """([bits, above, outSelector, every]) => {
   const log = window.__appfps, cells = 2 * bits + 2;
   const canvas = document.createElement('canvas');
   canvas.width = cells * 4; canvas.height = 2;
@@ -101,8 +105,10 @@ OBSERVE_JS = """([bits, above, outSelector]) => {
   const video = document.querySelector('video');
   const track = video && video.srcObject && video.srcObject.getVideoTracks()[0];
   log.settings = track ? track.getSettings() : null;
+  let presented = 0;
   const onCamera = (now) => {
-    log.camera.push({t: now, code: code(video, video.videoWidth, video.videoHeight)});
+    const read = presented++ % every === 0;
+    log.camera.push({t: now, code: read ? code(video, video.videoWidth, video.videoHeight) : null});
     video.requestVideoFrameCallback(onCamera);
   };
   if (video) video.requestVideoFrameCallback(onCamera);
@@ -316,18 +322,20 @@ def summarise(shown: list[dict[str, Any]], camera: list[dict[str, Any]], loop: i
     The app can answer one camera frame twice (the page sends on a timer), so ``new_fps`` counts only frames that show
     a newer camera frame than the one before (among consecutive read pairs). The lag of a shown frame: how many
     camera frames the camera had moved on when it was painted (``lag_frames``), and how long after the camera
-    presented that frame (``lag_ms``, from the camera's rate).
+    presented that frame (``lag_ms``), from the last camera frame read before it and the camera's rate.
+    ``camera_frames_seen_fps``: the frames the page's video presented (read or not).
     """
     end = max([f["t_paint"] for f in shown] + [c["t"] for c in camera] + [0.0])
     shown = [f for f in shown if f["t_paint"] >= end - seconds * 1000]
     cams = [c for c in camera if c["t"] >= end - seconds * 1000 - 2000]  # 2 s more, to find the frames shown late
-    recent = [c for c in cams if c["t"] >= end - seconds * 1000 and c["code"] is not None]
-    # The camera's rate is how fast its codes advance, not how often the page saw a frame: a busy page samples a
-    # 30 FPS camera a few times a second, and a window sized from that rate would match a code a clip loop earlier.
+    window = [c for c in cams if c["t"] >= end - seconds * 1000]
+    recent = [c for c in window if c["code"] is not None]
+    # The camera's rate is how fast its codes advance, not how often the page read one: a window sized from a
+    # reading rate would match a code a clip loop earlier.
     advanced = sum((b["code"] - a["code"]) % loop for a, b in zip(recent, recent[1:], strict=False))
     span = recent[-1]["t"] - recent[0]["t"] if len(recent) > 2 else 0
     camera_fps = advanced / span * 1000 if span > 0 and advanced else None
-    seen_fps = (len(recent) - 1) / span * 1000 if span > 0 else None
+    seen_fps = (len(window) - 1) / (window[-1]["t"] - window[0]["t"]) * 1000 if len(window) > 2 else None
     fps = (len(shown) - 1) / (shown[-1]["t_paint"] - shown[0]["t_paint"]) * 1000 if len(shown) > 2 else 0.0
     reference = camera_fps or declared_fps
     lags, lag_ms = [], []
@@ -335,10 +343,13 @@ def summarise(shown: list[dict[str, Any]], camera: list[dict[str, Any]], loop: i
         live = next((c for c in reversed(cams) if c["t"] <= f["t_paint"] and c["code"] is not None), None)
         if f["code"] is None or live is None:
             continue
-        lags.append((live["code"] - f["code"]) % loop)
-        # When the camera presented that code: the live frame's time less the frames between them at the camera's
-        # rate (the page rarely saw that very frame itself).
-        lag_ms.append(f["t_paint"] - live["t"] + lags[-1] / reference * 1000)
+        # When the camera presented that code: the last read frame's time less the frames between them at the
+        # camera's rate (negative where the shown frame came after that read); the lag in frames is that time at the
+        # camera's rate.
+        ahead = (live["code"] - f["code"]) % loop
+        ahead -= loop if ahead > loop / 2 else 0
+        lag_ms.append(f["t_paint"] - live["t"] + ahead / reference * 1000)
+        lags.append(round(lag_ms[-1] * reference / 1000, 1))
     steps = [(b["code"] - a["code"]) % loop for a, b in zip(shown, shown[1:], strict=False)
              if a["code"] is not None and b["code"] is not None]
     new_fps = fps * sum(s > 0 for s in steps) / len(steps) if steps else None
@@ -437,7 +448,7 @@ def measure_webcam(browser, url: str, variant: str, runtime: str, imgsz: int, se
         page.locator("button:visible", has_text="Record").first.click()
         page.locator("#webcam-out img").wait_for(timeout=timeout_ms)  # the first annotated frame
         page.wait_for_function("() => { const v = document.querySelector('video'); return v && v.videoWidth > 0; }")
-        page.evaluate(OBSERVE_JS, [BITS, ABOVE, "#webcam-out img"])
+        page.evaluate(OBSERVE_JS, [BITS, ABOVE, "#webcam-out img", CAMERA_READ_EVERY])
         time.sleep(settle_s)
         cpu = cpu_seconds(app_pid) if app_pid else None
         time.sleep(seconds)
