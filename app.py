@@ -23,6 +23,7 @@ import torch
 from starnet_demo.explain.swap import scope_choices
 from starnet_demo.inference import devices, exports
 from starnet_demo.inference.detector import get_detector
+from starnet_demo.inference.settings import SERVED_SIZES, SIZE_STEP
 from starnet_demo.media.images import MAX_PIXELS
 from starnet_demo.media.video import MAX_BYTES
 from starnet_demo.models.backbone import VARIANTS
@@ -37,7 +38,13 @@ from starnet_demo.ui.choices import (
     variant_choices,
 )
 from starnet_demo.ui.errors import route_failed
-from starnet_demo.ui.files import GRADIO_CACHE, output_dir, use_examples_cache_of_these_weights
+from starnet_demo.ui.files import (
+    GRADIO_CACHE,
+    gradio_cache_dir,
+    keep_gradio_sweeping,
+    output_dir,
+    use_examples_cache_of_these_weights,
+)
 from starnet_demo.ui.tabs import WEBCAM_H, WEBCAM_W
 
 PIL.Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow refuses (not merely warns about) anything over twice this
@@ -56,6 +63,8 @@ def build_app() -> gr.Blocks:
     """The shared row of controls, then one builder per tab (``starnet_demo.ui.tabs``)."""
     use_examples_cache_of_these_weights()
     output_dir()  # made now, which sweeps the results of processes that died without cleaning up
+    gradio_cache_dir()  # likewise Gradio's uploads; before the Blocks, which read GRADIO_TEMP_DIR
+    keep_gradio_sweeping()  # delete_cache's sweep, which a race between requests would end for good
     example = str(IMAGE_EXAMPLES[0]) if IMAGE_EXAMPLES else None
     with gr.Blocks(title="YOLOv8-StarNet", delete_cache=GRADIO_CACHE) as demo:
         gr.Markdown("# YOLOv8-StarNet\nYOLOv8n's neck and head on a StarNet backbone ([Rewrite the Stars]"
@@ -69,7 +78,7 @@ def build_app() -> gr.Blocks:
         with gr.Row():
             conf = gr.Slider(0.01, 1.0, value=0.25, step=0.01, label="Confidence")
             iou = gr.Slider(0.05, 1.0, value=0.45, step=0.01, label="IoU (NMS)")
-            imgsz = gr.Slider(160, 1280, value=640, step=32, label="Image size")
+            imgsz = gr.Slider(SERVED_SIZES[0], SERVED_SIZES[-1], value=640, step=SIZE_STEP, label="Image size")
         controls = tabs.Controls(variant, device, runtime, classes, conf, iou, imgsz)
         tabs.image_tab(controls, IMAGE_EXAMPLES)
         tabs.video_tab(controls, VIDEO_EXAMPLES)

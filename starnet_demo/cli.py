@@ -463,7 +463,8 @@ def _add_model_settings(s: argparse.ArgumentParser, *, default_runtime: str = "a
                    help="auto (the fastest that passes the accuracy guard), pytorch, onnxruntime, openvino, …")
     s.add_argument("--conf", type=_fraction, default=0.25, help="confidence threshold (default 0.25)")
     s.add_argument("--iou", type=_fraction, default=0.45, help="NMS IoU threshold (default 0.45)")
-    s.add_argument("--imgsz", type=_imgsz, default=640, help="inference size, a multiple of 32 (default 640)")
+    s.add_argument("--imgsz", type=_imgsz, default=640,
+                   help="inference size, snapped to the app's sizes: 128 to 1280 in steps of 64 (default 640)")
     s.add_argument("--classes", type=_csv, help="only these class names, comma-separated (default: every class)")
 
 

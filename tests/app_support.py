@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -113,6 +114,25 @@ def serve(weights_dir: Path, cache_dir: Path) -> Iterator[tuple[object, str]]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def video_threads() -> list[threading.Thread]:
+    """The threads of videos in progress in this process: each job's own, its decoder's and its encoder's."""
+    return [t for t in threading.enumerate() if t.name.startswith("video-")]
+
+
+def encoding() -> bool:
+    """Whether a video is being encoded in this process: its model loaded, its frames being written."""
+    return any(t.name == "video-encode" for t in video_threads())
+
+
+def wait_for(condition: Callable[[], object], timeout: float) -> float:
+    """Seconds until ``condition()`` held; fails after ``timeout``."""
+    start = time.monotonic()
+    while not condition():
+        assert time.monotonic() - start < timeout, f"not within {timeout} s"
+        time.sleep(0.02)
+    return time.monotonic() - start
 
 
 def stream_webcam(page, seconds: float, timeout_ms: int = 60_000) -> tuple[int, float]:

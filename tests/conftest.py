@@ -1,5 +1,5 @@
 """Shared fixtures: a tiny synthetic detection dataset, a real photo, a short clip, a random YOLOv8n teacher, random
-weights, one intra-op thread, a Hub stand-in holding a release.
+weights, one intra-op thread, the app served in this process, a Hub stand-in holding a release.
 
 Everything is made here, in temporary folders, so the suite runs from a clean clone with no ``../shared`` and no
 network.
@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
-from app_support import CLIP_FRAMES, write_video  # noqa: E402
+from app_support import CLIP_FRAMES, boxy_weights, serve, write_video  # noqa: E402
 from hub_server import HubServer  # noqa: E402
 from huggingface_hub import constants  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
@@ -124,6 +124,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def served_app(tmp_path_factory, one_thread):
+    """``app.py`` served in this process on 127.0.0.1 (``app_support.serve``) with ``boxy_weights``, one intra-op
+    thread as the app runs: (the app module, its URL). In-process, so tests can watch its threads and files."""
+    weights = boxy_weights(tmp_path_factory.mktemp("app-weights"))
+    with serve(weights, tmp_path_factory.mktemp("examples-cache")) as (app, url):
+        yield app, url
 
 
 @pytest.fixture(scope="session")

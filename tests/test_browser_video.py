@@ -3,11 +3,10 @@ cancels a video that is being detected, and the server's work on it ends within 
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
-from app_support import boxy_weights, serve, write_video
+from app_support import encoding, video_threads, wait_for, write_video
 from playwright.sync_api import sync_playwright
 
 from starnet_demo.tools.appfps import CHROMIUM, FLAGS
@@ -17,22 +16,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(not CHROMIUM.is_file(),
                                                    reason="Debian's chromium is missing: apt-get install chromium")]
 
 
-def video_threads() -> list[str]:
-    return [t.name for t in threading.enumerate() if t.name.startswith("video-")]
-
-
-def wait_for(condition, timeout: float) -> float:
-    start = time.monotonic()
-    while not condition():
-        assert time.monotonic() - start < timeout, f"not within {timeout} s"
-        time.sleep(0.05)
-    return time.monotonic() - start
-
-
-def test_stop_cancels_the_video_being_detected(tmp_path, one_thread):
+def test_stop_cancels_the_video_being_detected(tmp_path, served_app):
     clip = write_video(tmp_path / "long.mp4", frames=400, fps=10)  # 40 s of video: minutes of work
-    with serve(boxy_weights(tmp_path / "weights"), tmp_path / "examples-cache") as (_, url), \
-            sync_playwright() as p:
+    _, url = served_app
+    with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
         page.goto(url)
@@ -41,7 +28,7 @@ def test_stop_cancels_the_video_being_detected(tmp_path, one_thread):
         page.locator("#video-in input[type=file]").set_input_files(str(clip))
         page.locator("#video-in video").wait_for(timeout=60_000)  # uploaded and shown
         page.locator("#video-run").click()
-        wait_for(lambda: "video-encode" in video_threads(), timeout=120)
+        wait_for(encoding, timeout=120)
         time.sleep(1.5)
         page.locator("#video-stop").click()
         took = wait_for(lambda: not video_threads(), timeout=5)

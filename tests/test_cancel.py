@@ -4,14 +4,13 @@ the app's worker limit."""
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from pathlib import Path
 
 import httpx
 import pytest
-from app_support import boxy_weights, serve, write_video
+from app_support import encoding, video_threads, wait_for, write_video
 from gradio_client import Client, handle_file
 
 from starnet_demo.ui import files
@@ -19,25 +18,10 @@ from starnet_demo.ui import files
 STOP_S = 5  # the issue's bound: the server is idle this long after a cancel
 
 
-def video_jobs() -> list[threading.Thread]:
-    """The threads of videos in progress: each job's own, its decoder's and its encoder's."""
-    return [t for t in threading.enumerate() if t.name.startswith("video-")]
-
-
-def wait_for(condition, timeout: float) -> float:
-    """Seconds until ``condition()`` held; fails after ``timeout``."""
-    start = time.monotonic()
-    while not condition():
-        assert time.monotonic() - start < timeout, f"not within {timeout} s"
-        time.sleep(0.02)
-    return time.monotonic() - start
-
-
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, one_thread):
-    weights = boxy_weights(tmp_path_factory.mktemp("cancel-weights"))
-    with serve(weights, tmp_path_factory.mktemp("examples-cache")) as (app, url):
-        yield app, Client(url, verbose=False)
+def served(served_app):
+    app, url = served_app
+    return app, Client(url, verbose=False)
 
 
 @pytest.fixture(scope="module")
@@ -55,11 +39,11 @@ def test_a_cancelled_video_stops_within_seconds_and_leaves_no_files(served, long
     app, client = served
     before = set(files.output_dir().iterdir())  # results of other tests in this process are not this job's
     job = submit(client, long_clip)
-    wait_for(lambda: any(t.name == "video-encode" for t in video_jobs()), timeout=120)  # the model is loaded
+    wait_for(encoding, timeout=120)  # the model is loaded
     time.sleep(1.5)
     assert [p for p in files.output_dir().glob("*.mp4") if p not in before]  # it is writing
     job.cancel()
-    took = wait_for(lambda: not video_jobs(), timeout=STOP_S)
+    took = wait_for(lambda: not video_threads(), timeout=STOP_S)
     print(f"stopped {took:.2f} s after the cancel")
     assert not [p for p in set(files.output_dir().iterdir()) - before if p.suffix in (".mp4", ".csv", ".json")]
 
@@ -75,11 +59,11 @@ def test_a_client_that_goes_away_stops_its_video(served, long_clip):
         http.post("/queue/join", json={"data": [video, "s1", "cpu", 0.25, 0.45, 320, False, [], "pytorch"],
                                         "fn_index": fn_index, "session_hash": session}).raise_for_status()
         with http.stream("GET", "/queue/data", params={"session_hash": session}):
-            wait_for(lambda: any(t.name == "video-encode" for t in video_jobs()), timeout=120)
+            wait_for(encoding, timeout=120)
             time.sleep(1.5)
-            assert video_jobs()
+            assert video_threads()
         # leaving the block closes the connection: the client is gone
-    took = wait_for(lambda: not video_jobs(), timeout=STOP_S)
+    took = wait_for(lambda: not video_threads(), timeout=STOP_S)
     print(f"stopped {took:.2f} s after the client went away")
     assert not list(files.output_dir().glob("*.mp4")) and not Path(path).exists()  # nor is the upload kept
 
@@ -91,7 +75,7 @@ def test_cancelled_videos_never_run_past_the_worker_limit(served, long_clip):
     app, client = served
 
     def running(name: str = "video-job") -> int:
-        return sum(t.name == name for t in video_jobs())
+        return sum(t.name == name for t in video_threads())
 
     most, jobs = 0, [submit(client, long_clip) for _ in range(2)]
     for _ in range(3):
@@ -106,6 +90,6 @@ def test_cancelled_videos_never_run_past_the_worker_limit(served, long_clip):
             time.sleep(0.02)
     for job in jobs:
         job.cancel()
-    wait_for(lambda: not video_jobs(), timeout=STOP_S)
+    wait_for(lambda: not video_threads(), timeout=STOP_S)
     assert most == app.WORKERS == 2
     assert not list(files.output_dir().glob("*.mp4"))

@@ -1,9 +1,11 @@
 """Errors that tell the truth: the user's faults as written, ours as a logged fault with an id to quote, a full disk
-named, missing weights explained, never a server path; and no results left behind by a process killed mid-run."""
+named, missing weights explained, never a server path; and no results or uploads left behind by a process killed
+mid-run."""
 
 from __future__ import annotations
 
 import errno
+import inspect
 import logging
 import os
 import re
@@ -18,10 +20,12 @@ import gradio as gr
 import httpx
 import pytest
 import torch
-from app_support import BUS, boxy_weights, serve
+from app_support import BUS, boxy_weights, serve, server_env, wait_for, write_video
+from gradio_client import Client, handle_file
 
 from starnet_demo.errors import InputError
 from starnet_demo.media.images import ImageError, read_image
+from starnet_demo.tools.loadtest import serve_app
 from starnet_demo.ui import files
 from starnet_demo.ui.errors import DISK_FULL, NO_WEIGHTS, disk_full, user_errors
 from starnet_demo.weights.files import WeightsError
@@ -127,6 +131,87 @@ def test_results_of_a_process_killed_mid_run_are_swept_at_the_next_start():
     assert files.output_dir().is_dir() and files.output_dir() not in files.sweep_dead_outputs()  # ours stays
 
 
+KILLED_WITH_AN_UPLOAD = """
+import os, signal
+from starnet_demo.ui import files
+upload = files.gradio_cache_dir() / "0123abcd" / "clip.mp4"
+upload.parent.mkdir()
+upload.write_bytes(b"half a video")
+print(upload, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_gradio_files_of_a_killed_process_are_swept_at_the_next_start_and_a_live_ones_kept(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
+    done = subprocess.run([sys.executable, "-c", KILLED_WITH_AN_UPLOAD], capture_output=True, text=True, timeout=120)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    upload = Path(done.stdout.strip())
+    assert upload.is_file() and upload.parent.parent.parent == tmp_path
+    live = tmp_path / f"{files.GRADIO_PREFIX}{os.getppid()}"  # another server's, still running
+    live.mkdir()
+    ours = files.gradio_cache_dir()
+    assert not upload.parent.parent.exists() and live.is_dir()
+    assert ours == tmp_path / f"{files.GRADIO_PREFIX}{os.getpid()}" and ours.is_dir()
+    assert gr.utils.get_upload_folder() == str(ours) and files.gradio_cache_dir() == ours  # Gradio stores there
+
+
+@pytest.mark.slow  # two starts of app.py in a process of its own
+def test_an_app_killed_mid_video_leaves_neither_upload_nor_result_after_a_restart(tmp_path):
+    """``kill -9`` during a video (no exit handler, no Gradio shutdown), then a restart on the same folders: the
+    killed process's upload and partial result are gone once the new one serves."""
+    env = server_env(tmp_path)
+    clip = write_video(tmp_path / "long.mp4", frames=400, fps=10)  # minutes of work: still running when killed
+    with serve_app(env, log=tmp_path / "first.log") as first:
+        Client(first.url, verbose=False).submit(handle_file(str(clip)), "s1", "cpu", 0.25, 0.45, 320, False, [],
+                                                "pytorch", api_name="/detect_video")
+        gradio = Path(env["GRADIO_TEMP_DIR"]) / f"{files.GRADIO_PREFIX}{first.pid}"
+        outputs = Path(env["TMPDIR"]) / f"{files.OUTPUTS_PREFIX}{first.pid}"
+        wait_for(lambda: list(outputs.glob("*.mp4")), timeout=180)  # the upload is in, the result being written
+        assert "long.mp4" in [p.name for p in gradio.rglob("*.mp4")]  # beside the examples Gradio copied
+        first.process.send_signal(signal.SIGKILL)
+        first.process.wait(timeout=30)
+    assert list(gradio.rglob("long.mp4")) and list(outputs.glob("*.mp4"))  # nothing cleaned up after a kill
+    with serve_app(env, log=tmp_path / "second.log") as second:
+        assert not gradio.exists() and not outputs.exists()
+        assert (Path(env["GRADIO_TEMP_DIR"]) / f"{files.GRADIO_PREFIX}{second.pid}").is_dir()
+
+
+def test_gradios_cache_sweep_goes_on_after_a_request_races_it(tmp_path):
+    """A request records a file while Gradio's sweep walks the set: Gradio's own sweep raises, which ends its
+    scheduled task for good; wrapped (``keep_gradio_sweeping``), that round is skipped and the next one deletes."""
+    from gradio import route_utils
+
+    recorded: set[str] = set()
+
+    class Racing(str):
+        """A recorded path which, as the sweep looks at it, has a request record one more file (once)."""
+
+        def __str__(self) -> str:
+            if len(recorded) < 3:
+                recorded.add(str(tmp_path / "recorded-meanwhile.webp"))
+            return str.__str__(self)
+
+    def record() -> list[Path]:
+        paths = [tmp_path / "upload.mp4", tmp_path / "result.webp"]
+        for p in paths:
+            p.write_bytes(b"x")
+        recorded.clear()
+        recorded.update({Racing(paths[0]), str(paths[1])})
+        return paths
+
+    demo = gr.Blocks()
+    demo.temp_file_sets = [recorded]
+    record()
+    with pytest.raises(RuntimeError, match="changed size during iteration"):
+        inspect.unwrap(route_utils.delete_files_created_by_app)(demo, 0)  # Gradio's own
+    paths = record()
+    files.keep_gradio_sweeping()
+    route_utils.delete_files_created_by_app(demo, 0)  # raced: no exception, so the scheduled task lives on
+    route_utils.delete_files_created_by_app(demo, 0)
+    assert not any(p.exists() for p in paths)
+
+
 def test_the_sweep_removes_empty_folders_gradio_leaves(tmp_path, monkeypatch):
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
     old, new, kept = tmp_path / "old", tmp_path / "new", tmp_path / "kept"
@@ -161,6 +246,7 @@ def test_an_upload_that_fills_the_disk_is_named_and_leaves_nothing(small_disk, t
             httpx.Client(base_url=f"{url.rstrip('/')}/gradio_api", timeout=60) as http:
         refused = http.post("/upload", files={"files": big.open("rb")})
         assert (refused.status_code, refused.text) == (507, DISK_FULL)
-        assert not [p for p in small_disk.iterdir() if p.is_file()]  # the partial upload is gone
+        served = Path(gr.utils.get_upload_folder())  # the app's own folder on the small disk
+        assert served.parent == small_disk and not [p for p in served.iterdir() if p.is_file()]  # the partial is gone
         fits = http.post("/upload", files={"files": BUS.open("rb")})  # 134 KB: the server carries on
         assert fits.status_code == 200 and Path(fits.json()[0]).is_file()

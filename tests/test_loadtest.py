@@ -31,11 +31,12 @@ def test_short_load_test(served, tmp_path, capsys, monkeypatch):
         monkeypatch.setenv(name, served.env[name])
     out = tmp_path / "loadtest.json"
     assert main(["loadtest", "--url", served.url, "--pid", str(served.pid), "--users", "4", "--duration", "15",
-                 "--warmup", "3", "--variants", "s1,s2", "--imgsz", "160", "--sizes", "128,160",
+                 "--warmup", "3", "--variants", "s1,yolov8n", "--imgsz", "160", "--sizes", "128,160",
                  "--video-shapes", "320x240,200x320", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["failed"] == 0 and report["errors"] == [], report["errors"]
-    assert report["load_requests"]["done"] >= 2 * len(DEFAULT_MIX) and report["load_requests"]["failed"] == 0
+    # star maps exist for StarNet only: the YOLOv8n reference is never asked for them, so nothing fails
+    assert report["load_requests"]["done"] >= 2 * len(DEFAULT_MIX) - 1 and report["load_requests"]["failed"] == 0
     kinds = report["by_kind"]
     assert report["done"] >= 10 and kinds["image"]["done"] >= 5  # 6 in 10 requests are images
     assert all(v["failed"] == 0 for v in kinds.values()) and report["webcam_fps"]["p50"] > 0
@@ -47,7 +48,8 @@ def test_short_load_test(served, tmp_path, capsys, monkeypatch):
     # (after the load, the pool and Gradio's sweeps hand memory back, so "now" is compared with the sampled range)
     sampled = [mb for _, mb in rss["timeline"]]
     assert rss["start"] > 100 and 0.5 * min(sampled) <= now_mb <= 1.25 * rss["peak"]
-    assert max(rss["start"], rss["after_warmup"], rss["end"]) <= rss["peak"]
+    assert max(rss["start"], rss["after_warmup"], rss["end"], rss["peak_server_alone"]) <= rss["peak"]
+    assert 100 < rss["peak_pss"] <= rss["peak"]  # shared library pages counted once, not per process
     times = [t for t, _ in rss["timeline"]]
     assert len(times) >= 2 and times == sorted(times)
     assert rss["flat"] == (rss["growth_pct"] <= 10)  # the report's verdict is its own figure against the 10% rule
@@ -55,6 +57,7 @@ def test_short_load_test(served, tmp_path, capsys, monkeypatch):
     gradio, exported = report["folders"]["gradio_temp"], report["folders"]["export_cache"]
     assert gradio["path"] == served.env["GRADIO_TEMP_DIR"] and len(gradio["timeline"]) >= 5  # every 2 s
     assert gradio["files_peak"] > 0  # the uploads land there
+    assert gradio["stale_after_s"] == 360 and gradio["files_stale_peak"] == 0  # none outlived Gradio's sweep
     assert exported["path"] == served.env["STARNET_EXPORT_DIR"] and exported["mb_end"] > 0  # the warm-up's export
     assert f"{report['done']} done, 0 failed" in capsys.readouterr().out
     assert served.alive()

@@ -15,9 +15,10 @@ from app_support import BUS, boxy_weights
 
 from starnet_demo.inference import devices, exports
 from starnet_demo.inference.detector import POOL, clear_detectors, detector_for, get_detector
-from starnet_demo.inference.pool import ModelPool
+from starnet_demo.inference.pool import ModelPool, rss_bytes
 from starnet_demo.inference.preprocess import RECT_BUCKETS, rect_bucket
 from starnet_demo.inference.runtimes import unavailable_reason
+from starnet_demo.inference.settings import SERVED_SIZES, check_settings, served_size
 from starnet_demo.inference.spec import resolve_spec
 from starnet_demo.weights import files
 
@@ -117,6 +118,23 @@ def test_one_load_per_key_however_many_ask():
     assert len(loads) == 1 and len({id(g) for g in got}) == 1 and not pool._loading
 
 
+def test_a_dropped_detector_and_its_reload_never_run_their_shared_backend_at_once(env):
+    """A request still runs a detector the pool dropped, the next one loads it again: both fetch the backend of the
+    same (spec, shape) from the pool, so one waits for the other (the soak hit OpenVINO's "Infer Request is busy")."""
+    spec = resolve_spec("s050", "cpu", exported_runtimes()[-1], IMGSZ)
+    old = detector_for(spec)
+    POOL.discard(spec)  # over budget while its request runs
+    new = detector_for(spec)
+    assert new is not old
+    done = threading.Event()
+    with old.pytorch():  # the old detector busy
+        worker = threading.Thread(target=lambda: new.detect(image()) and done.set())
+        worker.start()
+        assert not done.wait(1.0)  # the new one waits
+    worker.join(60)
+    assert done.is_set()
+
+
 def test_a_stream_of_odd_aspect_ratios_shares_a_few_shapes():
     rng = np.random.default_rng(0)
     for imgsz in (320, 640, 1280):
@@ -124,6 +142,29 @@ def test_a_stream_of_odd_aspect_ratios_shares_a_few_shapes():
         assert len(shapes) <= 2 * len(RECT_BUCKETS) - 1, shapes
         assert all(h % 32 == 0 and w % 32 == 0 and max(h, w) == imgsz for h, w in shapes)
     assert rect_bucket((480, 640), 640) == (480, 640) and rect_bucket((1080, 1920), 640) == (384, 640)
+
+
+def test_requests_are_served_at_a_few_image_sizes(env):
+    """Every valid size snaps to one of the slider's stops, so a request cannot mint a model per stride multiple."""
+    assert [served_size(s) for s in (32, 100, 160, 161, 320, 640, 700, 1920)] == [128, 128, 192, 192, 320, 640, 704,
+                                                                                   1280]
+    assert {served_size(s) for s in range(32, 1921)} == set(SERVED_SIZES) and len(SERVED_SIZES) == 19
+    assert check_settings("s050", "cpu", 0.25, 0.45, 150).imgsz == 128
+    from starnet_demo.ui import handlers
+
+    result = handlers.detect_image(str(BUS), "s050", "cpu", 0.25, 0.45, 150, runtime="pytorch")[1]
+    spec = resolve_spec("s050", "cpu", "pytorch", 640)
+    assert result["imgsz"] == 128 and (spec, (128, 128)) in POOL and (spec, (160, 160)) not in POOL
+
+
+def test_a_compiled_model_is_charged_what_its_first_run_allocates(env):
+    """OpenVINO and ONNX Runtime allocate their activations on the first inference: the pool's charge for a new
+    shape covers what the request that first used it added to the process, not only the compile."""
+    detector = get_detector("s050", "cpu", exported_runtimes()[-1], IMGSZ)
+    charged, before = POOL.stats()["bytes"], rss_bytes()
+    detector.detect(image(), imgsz=640)
+    grew, charged = rss_bytes() - before, POOL.stats()["bytes"] - charged
+    assert charged >= 0.9 * grew > 0, (charged / 2**20, grew / 2**20)
 
 
 def test_detectors_and_shapes_stay_within_the_memory_budget(env, monkeypatch):

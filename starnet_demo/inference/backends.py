@@ -17,7 +17,7 @@ from ultralytics.nn.tasks import DetectionModel
 from ..models.rewrite import optimise
 from ..models.yolo import variant_of
 from . import exports
-from .exports import COMPILED, as_shape
+from .exports import as_shape
 from .preprocess import Shape, blob
 from .runtimes import EXPORT_FORMATS, Progress, default_rewrite, is_cuda, openvino_cpu_bf16
 
@@ -152,8 +152,9 @@ class OpenVINOBackend:
     """An OpenVINO IR compiled for the CPU in latency mode, with an explicit inference precision hint.
 
     OpenVINO's CPU plugin defaults to bf16 on CPUs with native bf16, as ultralytics' AutoBackend leaves it; naming the
-    hint makes ``fp32`` and ``bf16`` both selectable and the benchmark's precision label true. Compiled blobs are kept
-    beside the IR (OpenVINO's ``CACHE_DIR``), so later loads skip compilation and stale exports take theirs along.
+    hint makes ``fp32`` and ``bf16`` both selectable and the benchmark's precision label true. No compiled blob is
+    cached (OpenVINO's ``CACHE_DIR``): S4's is 38 MB beside a 37 MB IR, written after the export cache was trimmed to
+    its cap, and loading it saved well under a second of a one-second compile (``docs/operations.md``).
     ``config`` adds compile properties (``experiments/ov_profile.py`` turns on ``PERF_COUNT``). An int8 IR runs its
     quantized parts in int8 and the parts left in float in bf16 where the CPU has it (f32 otherwise), as its
     precision hint says nothing else.
@@ -164,7 +165,6 @@ class OpenVINOBackend:
 
         hint = {"bf16": ov.Type.bf16, "fp16": ov.Type.f16, "int8": ov.Type.bf16 if openvino_cpu_bf16() else ov.Type.f32}
         config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": hint.get(precision, ov.Type.f32),
-                  "CACHE_DIR": str(path.parent / COMPILED),
                   **({"INFERENCE_NUM_THREADS": threads} if threads else {}), **(config or {})}
         self.compiled = _core().compile_model(str(path), "CPU", config)
         self.path = path
@@ -182,8 +182,8 @@ class OpenVINOBackend:
 
 def load_backend(model: DetectionModel, runtime: str, device: str, imgsz: int | Shape, precision: str,
                  rewrite: str | None = None, progress: Progress | None = None, threads: int | None = None) -> Backend:
-    """A ready-to-run backend (exporting and compiling as needed; ``progress`` hears about each step). ``threads``:
-    the intra-op threads of ONNX Runtime and OpenVINO (None: their own choice).
+    """A ready-to-run backend (exporting, compiling and running it once as needed; ``progress`` hears about each
+    step). ``threads``: the intra-op threads of ONNX Runtime and OpenVINO (None: their own choice).
 
     A cached export that its runtime cannot load is deleted and exported again, once; a second failure is raised.
     """
@@ -200,6 +200,9 @@ def load_backend(model: DetectionModel, runtime: str, device: str, imgsz: int | 
             try:
                 backend = (OnnxRuntimeBackend(path, device, precision, threads) if runtime == "onnxruntime"
                            else OpenVINOBackend(path, precision, threads=threads))
+                # One run on a grey frame: both runtimes allocate their activation memory on the first inference
+                # (OpenVINO, S1 at 1280 px: 87 MB beyond a 65 MB compile), which the model pool must charge.
+                backend(backend.prepare(np.full((*as_shape(imgsz), 3), 114, np.uint8)))
                 break
             except Exception as e:  # a cached export the runtime cannot read: export it afresh, once
                 if attempt == 2:

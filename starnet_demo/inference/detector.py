@@ -7,8 +7,8 @@ video and webcam frames, one of a few rectangles: ``preprocess.rect_bucket``) â†
 detections agree. ``ultralytics`` is ultralytics' own ``YOLO.predict`` on the PyTorch model, kept as the baseline the
 benchmark compares against.
 
-Detectors and their per-shape backends live in one bounded pool (``pool.ModelPool``), keyed on the spec; each
-detector holds a lock: neither ultralytics models nor compiled runtimes' requests are thread-safe.
+Detectors and their per-shape backends live in one bounded pool (``pool.ModelPool``), keyed on the spec; the
+detectors of a spec share a lock: neither ultralytics models nor compiled runtimes' requests are thread-safe.
 """
 
 from __future__ import annotations
@@ -41,6 +41,12 @@ from .spec import ModelSpec, resolve_spec
 
 #: The process's models: detectors (keyed on their spec) and backends (keyed on spec and input shape).
 POOL = ModelPool()
+#: One lock per spec, not per ``Detector``: a detector the pool dropped while a request still runs it and the one
+#: loaded again for the next request fetch the same backends from the pool, and neither an OpenVINO infer request nor
+#: a captured CUDA graph may run twice at once (the 10-minute soak hit "Infer Request is busy").
+_LOCKS: dict[ModelSpec, threading.Lock] = {}
+
+
 @dataclass(frozen=True)
 class Timings:
     """Per-image milliseconds."""
@@ -94,7 +100,7 @@ class Detector:
         self.imgsz, self.rewrite = spec.imgsz, spec.rewrite
         self.model, self.config = load_model(spec)
         self.names: dict[int, str] = dict(self.model.names)
-        self._lock = threading.Lock()
+        self._lock = _LOCKS.setdefault(spec, threading.Lock())
         self._cuda = is_cuda(self.device)
         self.prepared = False  # whether the square ``imgsz`` backend was built (``prepare``)
         if self.runtime == "ultralytics":

@@ -21,6 +21,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -42,8 +44,6 @@ log = logging.getLogger(__name__)
 MANIFEST = "export.json"
 #: The cache's size cap: about 20 S4 exports at 640 px, or every main model at a few sizes.
 DEFAULT_CAP_MB = 1024
-#: OpenVINO's compiled-blob cache inside an entry: written after the manifest, rebuilt by OpenVINO when missing.
-COMPILED = "compiled"
 
 
 def cache_root() -> Path:
@@ -109,9 +109,8 @@ def _sha256(path: Path) -> str:
 
 
 def _model_files(entry: Path) -> list[Path]:
-    """The files an entry's manifest covers: everything but the manifest and OpenVINO's compiled blobs."""
-    return sorted(p for p in entry.rglob("*") if p.is_file() and p.name != MANIFEST
-                  and COMPILED not in p.relative_to(entry).parts)
+    """The files an entry's manifest covers: everything but the manifest."""
+    return sorted(p for p in entry.rglob("*") if p.is_file() and p.name != MANIFEST)
 
 
 def _write_manifest(entry: Path, info: dict) -> None:
@@ -223,6 +222,20 @@ def run_exporter(source: str, rewrite: str, fmt: str, h: str, w: str, half: str,
 
 
 _CHILD = "import sys; from starnet_demo.inference.exports import run_exporter; run_exporter(*sys.argv[1:])"
+_EXPORTING = threading.Lock()
+
+
+@contextlib.contextmanager
+def _one_export_at_a_time(report: Progress) -> Iterator[None]:
+    """Exports and quantizations in this process run one at a time: an export's child process peaks at about 1.1 GB
+    (S1 and S4 at 640 px), and on a few cores two at once take as long as two in turn."""
+    if not _EXPORTING.acquire(blocking=False):
+        report(0.02, desc="waiting for another model's export to finish")
+        _EXPORTING.acquire()
+    try:
+        yield
+    finally:
+        _EXPORTING.release()
 
 
 def _child_env() -> dict[str, str]:
@@ -268,39 +281,43 @@ def export(model: DetectionModel, runtime: str, imgsz: int | Shape = 640, precis
             return artefact(entry, variant, runtime)
         remove(entry, why)
     root.mkdir(parents=True, exist_ok=True)
-    h, w = as_shape(imgsz)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.{os.getpid()}.", dir=root))
-    try:
-        if precision == "int8":
-            report(0.5, desc=f"quantizing {variant} to int8 on {len(files)} calibration images (once; cached)")
-            quantize(fp32, artefact(tmp, variant, runtime), (h, w), recipe, files)
-            info = {"int8_recipe": recipe.id, **settings}
-        else:
-            report(0.05, desc=f"exporting {variant} to {EXPORT_FORMATS[runtime]} at {h}×{w} (once; cached afterwards)")
-            source = save_weights(model, tmp / "source", dtype=torch.float32)
-            done = subprocess.run([sys.executable, "-c", _CHILD, str(source), rewrite, EXPORT_FORMATS[runtime],
-                                   str(h), str(w), str(file_precision == "fp16"), str(tmp)],
-                                  capture_output=True, text=True, env=_child_env())
-            shutil.rmtree(tmp / "source", ignore_errors=True)
-            if done.returncode != 0:
-                tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-                raise RuntimeError(f"exporting {variant} to {EXPORT_FORMATS[runtime]} failed: {tail}")
-            info = {}
-        if not artefact(tmp, variant, runtime).is_file():
-            raise RuntimeError(f"no {EXPORT_FORMATS[runtime]} {precision} model was written for {variant}")
-        _write_manifest(tmp, {"variant": variant, "runtime": runtime, "imgsz": [h, w], "precision": file_precision,
-                              "rewrite": rewrite, "weights_digest": digest, **info})
-        report(0.8, desc="export done")
-        for stale in root.glob(f"{key[:-16]}*"):  # same settings, other weights
-            if stale.is_dir() and stale.name != key:
-                shutil.rmtree(stale, ignore_errors=True)
+    with _one_export_at_a_time(report):
+        if entry.is_dir() and damage(entry) is None:  # another request exported it while this one waited
+            return artefact(entry, variant, runtime)
+        h, w = as_shape(imgsz)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.{os.getpid()}.", dir=root))
         try:
-            os.replace(tmp, entry)
-        except OSError:  # another process got there first; its export is as good as ours
-            if damage(entry) is not None:
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        give_back_memory()  # the exporter's tracing and conversion leave much freed heap behind
+            if precision == "int8":
+                report(0.5, desc=f"quantizing {variant} to int8 on {len(files)} calibration images (once; cached)")
+                quantize(fp32, artefact(tmp, variant, runtime), (h, w), recipe, files)
+                info = {"int8_recipe": recipe.id, **settings}
+            else:
+                report(0.05, desc=f"exporting {variant} to {EXPORT_FORMATS[runtime]} at {h}×{w} (once; cached "
+                                  "afterwards)")
+                source = save_weights(model, tmp / "source", dtype=torch.float32)
+                done = subprocess.run([sys.executable, "-c", _CHILD, str(source), rewrite, EXPORT_FORMATS[runtime],
+                                       str(h), str(w), str(file_precision == "fp16"), str(tmp)],
+                                      capture_output=True, text=True, env=_child_env())
+                shutil.rmtree(tmp / "source", ignore_errors=True)
+                if done.returncode != 0:
+                    tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+                    raise RuntimeError(f"exporting {variant} to {EXPORT_FORMATS[runtime]} failed: {tail}")
+                info = {}
+            if not artefact(tmp, variant, runtime).is_file():
+                raise RuntimeError(f"no {EXPORT_FORMATS[runtime]} {precision} model was written for {variant}")
+            _write_manifest(tmp, {"variant": variant, "runtime": runtime, "imgsz": [h, w],
+                                  "precision": file_precision, "rewrite": rewrite, "weights_digest": digest, **info})
+            report(0.8, desc="export done")
+            for stale in root.glob(f"{key[:-16]}*"):  # same settings, other weights
+                if stale.is_dir() and stale.name != key:
+                    shutil.rmtree(stale, ignore_errors=True)
+            try:
+                os.replace(tmp, entry)
+            except OSError:  # another process got there first; its export is as good as ours
+                if damage(entry) is not None:
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+            give_back_memory()  # the exporter's tracing and conversion leave much freed heap behind
     trim(keep=entry, root=root)
     return artefact(entry, variant, runtime)

@@ -12,6 +12,18 @@ from ..models.yolo import BASELINE
 from . import devices
 from .preprocess import check_imgsz
 
+#: The image sizes the app serves, the UI slider's stops: each size costs an export and a compiled model per model
+#: and runtime (tens of MB each, ``docs/operations.md``), so a request's size is snapped to one of a few.
+SIZE_STEP = 64
+SERVED_SIZES = tuple(range(2 * SIZE_STEP, 1280 + 1, SIZE_STEP))
+
+
+def served_size(imgsz: int | float) -> int:
+    """The served size nearest a valid image size (``check_imgsz``'s range), the larger one on a tie: 150 → 128,
+    160 → 192, 1920 → 1280."""
+    check_imgsz(imgsz)
+    return min(SERVED_SIZES, key=lambda s: (abs(s - imgsz), -s))
+
 
 class Settings(NamedTuple):
     variant: str
@@ -45,9 +57,9 @@ def check_int(name: str, value: object, lo: int, hi: int) -> int:
 
 
 def check_settings(variant: object, device: object, conf: object, iou: object, imgsz: object) -> Settings:
-    """Validated, normalised settings (the image size rounded up to the stride, as ultralytics does)."""
+    """Validated, normalised settings (the image size snapped to a served one: ``served_size``)."""
     return Settings(check_variant(variant), devices.normalise(device), check_number("confidence", conf, 0, 1),
-                    check_number("IoU", iou, 0, 1), check_imgsz(imgsz))
+                    check_number("IoU", iou, 0, 1), served_size(imgsz))
 
 
 def class_ids(names: dict[int, str], classes: object) -> list[int] | None:

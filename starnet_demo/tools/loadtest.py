@@ -160,6 +160,14 @@ class Users:
         self.frame = media / "frame.jpg"  # what the webcam tab asks the browser for: 640×480
         Image.open(ASSETS / "bus.jpg").convert("RGB").resize((640, 480)).save(self.frame)
 
+    def variants_for(self, kind: str) -> list[str]:
+        """The variants a kind of request may name: star maps exist for StarNet backbones only, not the YOLOv8n
+        reference, so with one in the mix they go to the others."""
+        from ..models.yolo import BASELINE
+
+        starnets = [v for v in self.variants if v != BASELINE]
+        return starnets if kind == "star" and starnets else self.variants
+
     def request(self, kind: str, variant: str, device: str, rng: random.Random) -> tuple[tuple, str]:
         """(arguments, api_name) of one request."""
         from gradio_client import handle_file
@@ -253,30 +261,36 @@ def _queue_wait(job, submitted: float) -> float | None:
     return max(0.0, started - (time.time() - (time.monotonic() - submitted)))
 
 
-def folder_usage(folder: Path) -> tuple[int, int]:
-    """(files, bytes) under ``folder`` (0, 0 when it does not exist); files vanishing meanwhile are skipped."""
-    files = size = 0
+def folder_usage(folder: Path, older_than_s: float | None = None) -> tuple[int, int, int]:
+    """(files, bytes, files changed longer than ``older_than_s`` ago by ctime, as Gradio ages them; 0 without it)
+    under ``folder`` ((0, 0, 0) when it does not exist); files vanishing meanwhile are skipped."""
+    files = size = stale = 0
+    now = time.time()
     for root, _, names in os.walk(folder):
         for name in names:
             with contextlib.suppress(OSError):
-                size += os.stat(os.path.join(root, name)).st_size
+                st = os.stat(os.path.join(root, name))
+                size += st.st_size
                 files += 1
-    return files, size
+                stale += older_than_s is not None and now - st.st_ctime > older_than_s
+    return files, size, stale
 
 
 class FolderSampler(threading.Thread):
-    """Files and bytes in each watched folder (the export cache, Gradio's temporary folder) every ``every_s``."""
+    """Files and bytes in each watched folder (the export cache, Gradio's temporary folder) every ``every_s``; for the
+    folders named in ``stale_s``, also the files older than that, which a sweep with that age should have removed."""
 
-    def __init__(self, folders: dict[str, Path], t0: float, every_s: float = 2.0):
+    def __init__(self, folders: dict[str, Path], t0: float, every_s: float = 2.0,
+                 stale_s: dict[str, float] | None = None):
         super().__init__(daemon=True)
-        self.folders, self.t0, self.every_s = folders, t0, every_s
-        self.samples: dict[str, list[tuple[float, int, int]]] = {name: [] for name in folders}
+        self.folders, self.t0, self.every_s, self.stale_s = folders, t0, every_s, dict(stale_s or {})
+        self.samples: dict[str, list[tuple[float, int, int, int]]] = {name: [] for name in folders}
         self.stop = threading.Event()
 
     def sample(self) -> None:
         t = time.monotonic() - self.t0
         for name, folder in self.folders.items():
-            self.samples[name].append((t, *folder_usage(folder)))
+            self.samples[name].append((t, *folder_usage(folder, self.stale_s.get(name))))
 
     def run(self) -> None:
         while not self.stop.wait(self.every_s):
@@ -284,20 +298,23 @@ class FolderSampler(threading.Thread):
 
     def report(self, measured_from: float) -> dict[str, Any]:
         """Per folder: files and MB at the start, end and peak, whether the file count stayed flat over the last
-        half of the measured phase (within 10 % and 20 files), and the timeline ``[s, files, MB]``."""
+        half of the measured phase (within 10 % and 20 files), and the timeline ``[s, files, MB]``; for a folder
+        with a sweep age, that age and the most files older than it at once (``files_stale_peak``)."""
         out = {}
         for name, samples in self.samples.items():
             if not samples:
                 continue
-            files = [f for _, f, _ in samples]
-            measured = [(t, f) for t, f, _ in samples if t >= measured_from]
+            files = [f for _, f, _, _ in samples]
+            measured = [(t, f) for t, f, _, _ in samples if t >= measured_from]
             half = [f for t, f in measured if t >= (measured[0][0] + measured[-1][0]) / 2] if measured else []
             out[name] = {"path": str(self.folders[name]), "files_start": files[0], "files_end": files[-1],
                          "files_peak": max(files), "mb_start": round(samples[0][2] / 2**20, 1),
                          "mb_end": round(samples[-1][2] / 2**20, 1),
-                         "mb_peak": round(max(b for _, _, b in samples) / 2**20, 1),
+                         "mb_peak": round(max(b for _, _, b, _ in samples) / 2**20, 1),
                          "files_flat_last_half": bool(half) and max(half) - min(half) <= max(20, 0.1 * max(half)),
-                         "timeline": [[round(t, 1), f, round(b / 2**20, 1)] for t, f, b in samples]}
+                         **({"stale_after_s": self.stale_s[name],
+                             "files_stale_peak": max(n for _, _, _, n in samples)} if name in self.stale_s else {}),
+                         "timeline": [[round(t, 1), f, round(b / 2**20, 1)] for t, f, b, _ in samples]}
         return out
 
 
@@ -310,34 +327,56 @@ def watched_folders() -> dict[str, Path]:
 
 
 class RssSampler(threading.Thread):
-    """The server process's resident memory (children included) every ``every_s`` seconds."""
+    """The server process's resident memory, children included (an export runs in a child of about 1 GB), every
+    ``every_s`` seconds; also the server's alone, and every ``pss_every``-th time the proportional set size (PSS) of
+    server and children together, which counts the library pages they share once (RSS counts them in each)."""
 
-    def __init__(self, pid: int, t0: float, every_s: float = 0.25):
+    def __init__(self, pid: int, t0: float, every_s: float = 0.25, pss_every: int = 8):
         import psutil
 
         super().__init__(daemon=True)
-        self.process, self.t0, self.every_s = psutil.Process(pid), t0, every_s
+        self.process, self.t0, self.every_s, self.pss_every = psutil.Process(pid), t0, every_s, pss_every
         self.samples: list[tuple[float, int]] = []
+        self.alone: list[int] = []
+        self.pss: list[tuple[float, int]] = []
         self.stop = threading.Event()
 
-    def rss(self) -> int:
+    def processes(self) -> list:
         import psutil
 
         try:
-            return self.process.memory_info().rss + sum(
-                c.memory_info().rss for c in self.process.children(recursive=True))
+            return [self.process, *self.process.children(recursive=True)]
         except psutil.Error:
-            return 0
+            return []
 
     def sample(self) -> int:
         """One reading, kept with the others, so that the peak covers the start, after-warm-up and end readings."""
-        t, rss = time.monotonic() - self.t0, self.rss()
+        import psutil
+
+        t, rss, alone = time.monotonic() - self.t0, 0, 0
+        procs = self.processes()
+        for p in procs:
+            with contextlib.suppress(psutil.Error):
+                mine = p.memory_info().rss
+                rss += mine
+                if p is self.process:
+                    alone = mine
         self.samples.append((t, rss))
+        self.alone.append(alone)
+        if len(self.samples) % self.pss_every == 1:  # reading smaps takes tens of ms: not every time
+            self.pss.append((t, sum(_pss(p.pid) for p in procs)))
         return rss
 
     def run(self) -> None:
         while not self.stop.wait(self.every_s):
             self.sample()
+
+
+def _pss(pid: int) -> int:
+    """A process's proportional set size in bytes (0 when gone or not on Linux)."""
+    with contextlib.suppress(OSError, ValueError, StopIteration), open(f"/proc/{pid}/smaps_rollup") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("Pss:")) * 1024
+    return 0
 
 
 def _stats(values: Sequence[float]) -> dict[str, float | None]:
@@ -377,17 +416,23 @@ def run(url: str, users: int = 8, duration_s: float = 60, warmup_s: float = 10, 
     with tempfile.TemporaryDirectory(prefix="starnet-loadtest-") as media:
         plan = Users(variants, devices, mix, imgsz, Path(media), sizes, runtimes, video_shapes)
         start = time.monotonic()
-        disk = FolderSampler(watched_folders() if folders is None else folders, start)
+        from ..ui.files import GRADIO_CACHE
+
+        every, age = GRADIO_CACHE  # Gradio's sweep: a file may outlive its age by one round, and a round can race
+        disk = FolderSampler(watched_folders() if folders is None else folders, start,
+                             stale_s={"gradio_temp": age + 2 * every})
         disk.sample()
         disk.start()
         sampler = RssSampler(pid, start) if pid else None
         if sampler:
             rss_start = sampler.sample()
             sampler.start()
-        client = Client(url, verbose=False)
+        # download_files=False: the users only need to know that a request was answered; downloading its files would
+        # land them in this process's GRADIO_TEMP_DIR, which is the server's too when it runs from this environment
+        client = Client(url, verbose=False, download_files=False)
         say(f"warm-up: loading {len(plan.variants)} variant(s) x {len(plan.devices)} device(s)")
         rng = random.Random(seed)
-        loads = [r for v in plan.variants for d in plan.devices for kind in mix
+        loads = [r for v in plan.variants for d in plan.devices for kind in mix if v in plan.variants_for(kind)
                  for r in plan.send(client, kind, v, d, start, rng, timeout_s, uuid.uuid4().hex, stream_s=1)]
 
         phase = {"t0": time.monotonic() + warmup_s, "end": time.monotonic() + warmup_s + duration_s}
@@ -396,11 +441,11 @@ def run(url: str, users: int = 8, duration_s: float = 60, warmup_s: float = 10, 
 
         def user(i: int) -> None:
             rng = random.Random(seed * 1000 + i + 1)
-            own, session = Client(url, verbose=False), uuid.uuid4().hex
+            own, session = Client(url, verbose=False, download_files=False), uuid.uuid4().hex
             while time.monotonic() < phase["end"]:
                 kind = rng.choices(plan.kinds, plan.weights)[0]
-                done = plan.send(own, kind, rng.choice(plan.variants), rng.choice(plan.devices), phase["t0"], rng,
-                                 timeout_s, session)
+                done = plan.send(own, kind, rng.choice(plan.variants_for(kind)), rng.choice(plan.devices),
+                                 phase["t0"], rng, timeout_s, session)
                 with lock:
                     records.extend(done)
 
@@ -449,6 +494,8 @@ def run(url: str, users: int = 8, duration_s: float = 60, warmup_s: float = 10, 
             "start": round(rss_start / 2**20, 1), "after_warmup": round(rss_warm / 2**20, 1),
             "end": round(rss_end / 2**20, 1), "peak": round(max(b for _, b in sampler.samples) / 2**20, 1),
             "peak_measured": round(float(mb.max()), 1) if len(mb) else None,
+            "peak_server_alone": round(max(sampler.alone) / 2**20, 1),
+            "peak_pss": round(max((b for _, b in sampler.pss), default=0) / 2**20, 1),
             "growth_pct": round(growth, 2) if growth is not None else None,
             "slope_mb_per_min": round(slope, 2) if slope is not None else None,
             "slope_last_half_mb_per_min": round(late_slope, 2) if late_slope is not None else None,

@@ -1,10 +1,12 @@
 """Files the app writes and hands to Gradio: results are swept after a while, so is Gradio's cache, and a dead
-process's results are swept at the next start. (Refused uploads are deleted at once: ``errors.user_errors``.)"""
+process's results and Gradio files are swept at the next start. (Refused uploads are deleted at once:
+``errors.user_errors``.)"""
 
 from __future__ import annotations
 
 import atexit
 import functools
+import logging
 import os
 import re
 import shutil
@@ -22,6 +24,8 @@ import PIL.Image
 from ..weights.files import WeightsError, read_config, weight_files
 from .errors import user_errors
 
+log = logging.getLogger(__name__)
+
 # Results are copied into Gradio's cache when returned; our own files go after this long, and so do Gradio's copies
 # and uploads (``GRADIO_CACHE``, Blocks' ``delete_cache``): under load the files on disk stay at about the request
 # rate times this age, instead of growing for as long as the server runs.
@@ -29,6 +33,8 @@ OUTPUT_KEEP_S = 300
 OUTPUT_NAME = re.compile(r"[0-9a-f]{32}(?:\.mp4|\.webp|-detections\.csv|-detections\.json)")  # output_path's
 GRADIO_CACHE = (30, OUTPUT_KEEP_S)  # (sweep every, delete older than), in seconds
 OUTPUTS_PREFIX = "starnet-demo-outputs-"  # then the process id: a folder whose process is gone is swept
+GRADIO_PREFIX = "starnet-demo-gradio-"  # likewise, for Gradio's uploads and copies (``gradio_cache_dir``)
+_GRADIO_DIRS: set[Path] = set()  # the Gradio folders this process made
 
 
 @lru_cache(maxsize=1)
@@ -47,9 +53,60 @@ def output_dir() -> Path:
 
 def sweep_dead_outputs() -> list[Path]:
     """Remove the results folders of processes that no longer run; returns what was removed."""
+    return _sweep_dead(Path(tempfile.gettempdir()), OUTPUTS_PREFIX)
+
+
+def gradio_cache_dir() -> Path:
+    """This process's folder inside Gradio's upload cache (``$GRADIO_TEMP_DIR``, else the temporary folder's
+    ``gradio``), named by the process id and made Gradio's ``GRADIO_TEMP_DIR``; call it before building the Blocks.
+
+    Gradio names its files by their content and forgets them when its process is killed (``kill -9``, out of memory),
+    so the uploads of a video cut short stayed for good; a folder per process lets the next start remove the folders
+    of processes that are gone, as ``output_dir`` does for results. A live one's are never touched.
+    """
+    current = Path(gr.utils.get_upload_folder())
+    if current.name == f"{GRADIO_PREFIX}{os.getpid()}":
+        return current
+    if current.name.startswith(GRADIO_PREFIX):  # inherited from a parent process that serves its own app
+        current = current.parent
+    _sweep_dead(current, GRADIO_PREFIX)
+    path = current / f"{GRADIO_PREFIX}{os.getpid()}"
+    if path not in _GRADIO_DIRS:  # one already there is a dead process's that had our id (a container restarted)
+        shutil.rmtree(path, ignore_errors=True)
+        _GRADIO_DIRS.add(path)
+        atexit.register(shutil.rmtree, path, ignore_errors=True)
+    path.mkdir(parents=True, exist_ok=True)
+    os.environ["GRADIO_TEMP_DIR"] = str(path)
+    return path
+
+
+def keep_gradio_sweeping() -> None:
+    """Make Gradio's cache sweep (``delete_cache``) survive a race. It iterates the live sets of files Gradio recorded
+    while request threads add to them, and the first "Set changed size during iteration" ends its scheduled task for
+    the rest of the server's life: in a 10-minute soak Gradio's cache grew from then on. Wrapped, a race costs one
+    round; the next, 30 s later, deletes what it missed."""
+    from gradio import route_utils
+
+    sweep = route_utils.delete_files_created_by_app
+    if getattr(sweep, "keeps_sweeping", False):
+        return
+
+    @functools.wraps(sweep)
+    def tolerant(blocks: gr.Blocks, age: int | None) -> None:
+        try:
+            sweep(blocks, age)
+        except RuntimeError as e:
+            log.info("Gradio's cache sweep raced a request (%s); it goes on next round", e)
+
+    tolerant.keeps_sweeping = True  # type: ignore[attr-defined]
+    route_utils.delete_files_created_by_app = tolerant  # both its callers look it up there at each call
+
+
+def _sweep_dead(parent: Path, prefix: str) -> list[Path]:
+    """Remove ``parent``'s ``<prefix><pid>`` folders whose process no longer runs; returns what was removed."""
     removed = []
-    for folder in Path(tempfile.gettempdir()).glob(f"{OUTPUTS_PREFIX}*"):
-        pid = folder.name.removeprefix(OUTPUTS_PREFIX)
+    for folder in parent.glob(f"{prefix}*"):
+        pid = folder.name.removeprefix(prefix)
         if folder.is_dir() and (not pid.isdigit() or not _alive(int(pid))):
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
