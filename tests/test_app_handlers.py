@@ -6,14 +6,17 @@ keeps each call well under a second on two cores.
 
 from __future__ import annotations
 
+import base64
 import math
 
 import av
+import cv2
 import gradio as gr
 import numpy as np
 import pytest
 import torch
 from app_support import BUS, CLIP_FRAMES, EXAMPLES, boxy_weights, load_app, png_header_only, write_video
+from gradio_client import utils as client_utils
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
 
@@ -344,12 +347,33 @@ def test_video_cut_off_part_way_keeps_the_frames_before(app, tmp_path):
 
 
 # ---------------------------------------------------------------- Webcam tab
+def shown_frame(value: dict) -> tuple[str, np.ndarray]:
+    """The webcam output's data URL: its header, and the RGB picture."""
+    head, data = value["url"].split(",", 1)
+    return head, cv2.imdecode(np.frombuffer(base64.b64decode(data), np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
+
+
 def test_webcam_frame_overlays_fps_and_keeps_state(app):
     frame = np.asarray(Image.open(BUS).convert("RGB").resize((640, 480)))
     out, state = handlers.webcam_frame(frame, None, *SETTINGS)
     out, state = handlers.webcam_frame(frame, state, *SETTINGS)
-    assert out.shape == frame.shape and state["frames"] == 2 and state["fps"].fps > 0
-    assert not np.array_equal(out[-30:, :200], frame[-30:, :200])  # the overlay's corner
+    head, shown = shown_frame(out)
+    assert shown.shape == frame.shape and state["frames"] == 2 and state["fps"].fps > 0
+    assert np.abs(shown[-30:, :200].astype(int) - frame[-30:, :200]).mean() > 20  # the overlay's corner
+    assert head == "data:image/jpeg;base64"  # an array, not a camera's data URL: no frame to name
+
+
+def test_webcam_result_goes_inline_and_names_its_frame(app):
+    """The browser sends a JPEG data URL; the result is a JPEG data URL tagged with that URL's length, sent as is
+    (no file: Gradio's own image output would cache one per frame) and drawn by Gradio's Image."""
+    rgb = np.asarray(Image.open(BUS).convert("RGB").resize((640, 480)))
+    sent = "data:image/jpeg;base64," + base64.b64encode(cv2.imencode(".jpg", rgb[..., ::-1])[1]).decode()
+    out, _ = handlers.webcam_frame({"url": sent, "meta": {"_type": "gradio.FileData"}}, None, *SETTINGS)
+    head, shown = shown_frame(out)
+    assert head == f"data:image/jpeg;answers={len(sent)};base64" and shown.shape == rgb.shape
+    assert not client_utils.is_file_obj_with_meta(out)  # so Gradio moves nothing to its cache
+    fn = next(f for f in app.build_app().fns.values() if f.api_name == "webcam")
+    assert fn.postprocess is False and fn.preprocess is False
 
 
 def test_missing_webcam_frame_is_skipped_not_fatal(app):

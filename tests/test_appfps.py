@@ -90,19 +90,23 @@ def test_stage_breakdown_follows_one_frame():
     """One frame's trip with known times (page ms; the server's in epoch ms from ``origin``): each stage comes out."""
     origin = 1_000_000.0
     log = {"origin": origin, "encodes": [{"t0": 100, "t1": 104, "n": 5000}, {"t0": 200, "t1": 203, "n": 5100}],
-           "shown": [{"src": "http://h/gradio_api/file=/x/image.jpeg", "t_load": 170, "t_paint": 180, "code": 1}],
+           "messages": [{"t": 140, "n": 5000}, {"t": 162, "n": 5000}, {"t": 166, "n": 5100}],
+           "shown": [{"n": 5000, "t_load": 170, "t_paint": 185, "code": 1}],
            "camera": [{"t": 60, "code": 0}, {"t": 90, "code": 1}, {"t": 130, "code": 2}]}
-    resources = [{"name": "http://h/gradio_api/stream/abc", "upload": True, "start": 105, "answer": 107, "end": 108},
-                 {"name": "http://h/gradio_api/file=/x/image.jpeg", "upload": False, "start": 160, "answer": 163,
-                  "end": 165}]
-    trace = [{"n": 4000, "start": origin + 20, "decode_ms": 9, "detect_ms": 9, "annotate_ms": 9, "end": origin + 50},
-             {"n": 5000, "start": origin + 110, "decode_ms": 3, "detect_ms": 30, "annotate_ms": 5, "end": origin + 150}]
+    resources = [{"name": "http://h/gradio_api/stream/abc", "start": 105, "answer": 107, "end": 108}]
+    trace = [{"n": 4000, "start": origin + 20, "decode_ms": 9, "detect_ms": 9, "annotate_ms": 9, "encode_ms": 9,
+              "end": origin + 50},
+             {"n": 5000, "start": origin + 110, "decode_ms": 3, "detect_ms": 30, "annotate_ms": 5, "encode_ms": 2,
+              "end": origin + 150},
+             {"n": 5100, "start": origin + 151, "decode_ms": 3, "detect_ms": 30, "annotate_ms": 5, "encode_ms": 2,
+              "end": origin + 165}]
     out = stage_breakdown(log, resources, trace, seconds=10)
     medians = {k: v["median"] for k, v in out["ms"].items()}
     assert medians == {"camera_wait": 10, "browser_encode": 4, "upload": 2, "queue_wait": 3, "decode": 3,
-                       "detect": 30, "annotate": 5, "encode_send": 10, "download": 5, "render": 15}
-    assert out["frames"] == out["matched_to_server"] == 1 and out["median_sum_ms"] == 87  # 180 - 90: the lag
-    assert out["sent"] == 1 and out["server_calls"] == 2
+                       "detect": 30, "annotate": 5, "encode": 2, "message": 12,
+                       "show": 8, "render": 15}
+    assert out["frames"] == out["matched_to_server"] == 1 and out["median_sum_ms"] == 94  # 185 - 90 less the 1 ms gap
+    assert out["sent"] == 1 and out["server_calls"] == 3  # the call that ended last answered another frame
 
 
 def test_split_cores_pins_a_process_tree():
@@ -157,5 +161,6 @@ def test_webcam_tab_against_the_fake_camera(tmp_path, monkeypatch):
     assert result["handler_fps"] > 0 and result["handler_alone"]["stages_ms"]["detect"] > 0, result
     stages = result["stages"]
     assert stages["matched_to_server"] >= 1 and stages["ms"]["detect"]["median"] > 0, stages
-    assert stages["ms"]["download"]["median"] is not None and stages["ms"]["upload"]["median"] is not None, stages
+    assert stages["ms"]["message"]["median"] > 0 and stages["ms"]["show"]["median"] is not None, stages
+    assert stages["ms"]["upload"]["median"] is not None, stages
     json.dumps(report)

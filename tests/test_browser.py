@@ -9,11 +9,14 @@ missing; ``.ci/run`` installs it. ``STARNET_WEBCAM_VARIANTS=s1,s4`` times more v
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
 import re
+from pathlib import Path
 
+import gradio as gr
 import numpy as np
 import pytest
 from app_support import BUS, ROOT, boxy_weights, serve, stream_webcam
@@ -58,7 +61,13 @@ def open_app(browser, url):
 
 def fetch_image(page, selector: str) -> np.ndarray:
     src = page.locator(selector).get_attribute("src")
-    return np.asarray(Image.open(io.BytesIO(page.request.get(src).body())).convert("RGB"))
+    data = base64.b64decode(src.split(",", 1)[1]) if src.startswith("data:") else page.request.get(src).body()
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def cached_files() -> int:
+    """Files in this process's Gradio cache (the app is served in-process)."""
+    return sum(p.is_file() for p in Path(gr.utils.get_upload_folder()).rglob("*"))
 
 
 def box_pixels(rgb: np.ndarray) -> int:
@@ -85,7 +94,10 @@ def test_fake_webcam_streams_annotated_frames(browser, url, variant):
     if variant != "s1":
         page.get_by_label("Variant").click()
         page.get_by_role("option", name=f"StarNet-{variant.upper()}").click()
+    before = cached_files()
     frames, fps = stream_webcam(page, STREAM_S)
+    assert page.locator("#webcam-out img").get_attribute("src").startswith("data:image/jpeg;answers=")
+    assert cached_files() == before  # frames come and go inline, as data URLs: none is saved
     rates = page.locator("#webcam-rates")  # measured in the page: the camera's rate, the rate shown, the lag
     rates.get_by_text("behind").wait_for(timeout=10_000)
     assert re.fullmatch(r"Camera \d+\.\d FPS · shown \d+\.\d FPS · \d+\.\d frames \(\d+ ms\) behind",

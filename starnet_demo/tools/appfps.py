@@ -6,11 +6,11 @@ sliding sideways, each frame's index written as a bar code along its bottom edge
 app's Webcam tab. In the page, a light observer does work only when something happens: each camera frame
 (``requestVideoFrameCallback``: its time, and the bar code of every ``CAMERA_READ_EVERY``-th) and each annotated frame
 shown (the output image's ``load``) has its bar code read off a 2-pixel strip; the JPEG encode of each frame sent is
-timed by wrapping ``toDataURL``, and the browser's resource timings give each frame's upload (the ``/stream`` POST) and
-each result's download. The app, started with ``STARNET_WEBCAM_TRACE``, writes its own timings per frame (decode,
-detect, annotate). From these the tool reports the shown rate (``new_fps``: frames showing a newer camera frame), the
-lag behind the live camera in frames and ms, the median of each stage of a frame's trip (``stage_breakdown``) and the
-app's CPU time per handler call.
+timed by wrapping ``toDataURL``, and the browser's resource timings give each frame's upload (the ``/stream`` POST);
+each result comes inline and names the frame it answers (``ui.webcam.inline_jpeg``). The app, started with
+``STARNET_WEBCAM_TRACE``, writes its own timings per frame (decode, detect, annotate, encode). From these the tool
+reports the shown rate (``new_fps``: frames showing a newer camera frame), the lag behind the live camera in frames
+and ms, the median of each stage of a frame's trip (``stage_breakdown``) and the app's CPU time per handler call.
 
 Beside it, ``handler_fps``: ``ui.handlers.webcam_frame`` alone, called in a process of its own on the same frames (the
 clip, JPEG-encoded as the browser does) and on the app's cores: the rate the server could reach if the transport cost
@@ -57,14 +57,24 @@ BROWSER_JPEG_QUALITY = 92  # what canvas.toDataURL("image/jpeg") uses, as Gradio
 # Reading a frame's bar code copies pixels back from the page's compositor; on every camera frame that cost the
 # browser's core more than the app's frames did. The camera's rate and the lags need only some codes (``summarise``).
 CAMERA_READ_EVERY = 10
-STAGES = ("camera_wait", "browser_encode", "upload", "queue_wait", "decode", "detect", "annotate", "encode_send",
-          "download", "render")
+SERVER_STAGES = ("decode", "detect", "annotate", "encode")  # the handler's own, from its trace
+STAGES = ("camera_wait", "browser_encode", "upload", "queue_wait", *SERVER_STAGES, "message", "show", "render")
 
-# Runs before the page's own scripts: times each JPEG the page encodes (Gradio's webcam: canvas.toDataURL), and keeps
-# every resource timing (each frame's upload, a POST to /stream/<event>, and each result's download).
+# Runs before the page's own scripts: times each JPEG the page encodes (Gradio's webcam: canvas.toDataURL) and the
+# arrival of each result (the stream's message, as the page parses it: JSON.parse), and keeps every resource timing
+# (each frame's upload, a POST to /stream/<event>).
 INIT_JS = """(() => {
-  const log = window.__appfps = {on: false, encodes: [], shown: [], camera: [], origin: performance.timeOrigin};
+  const log = window.__appfps = {on: false, encodes: [], messages: [], shown: [], camera: [],
+                                 origin: performance.timeOrigin};
   performance.setResourceTimingBufferSize(1e6);
+  const parse = JSON.parse;
+  JSON.parse = function (text, ...rest) {
+    if (log.on && typeof text === 'string' && text.length > 1000) {
+      const tag = /;answers=(\\d+)/.exec(text.slice(0, 2000));
+      if (tag) log.messages.push({t: performance.now(), n: Number(tag[1])});
+    }
+    return parse.call(this, text, ...rest);
+  };
   const toDataURL = HTMLCanvasElement.prototype.toDataURL;
   HTMLCanvasElement.prototype.toDataURL = function (...args) {
     const t0 = performance.now(), url = toDataURL.apply(this, args);
@@ -118,9 +128,9 @@ OBSERVE_JS = """([bits, above, outSelector, every]) => {
     if (!img || seen.has(img)) return;
     seen.add(img);
     img.addEventListener('load', () => {
-      const t_load = performance.now(), src = img.currentSrc || img.src;
-      const c = code(img, img.naturalWidth, img.naturalHeight);
-      requestAnimationFrame(() => log.shown.push({src, t_load, t_paint: performance.now(), code: c}));
+      const t_load = performance.now(), tag = /^data:[^,]*;answers=(\\d+)/.exec(img.src.slice(0, 64));
+      const c = code(img, img.naturalWidth, img.naturalHeight), n = tag ? Number(tag[1]) : null;
+      requestAnimationFrame(() => log.shown.push({n, t_load, t_paint: performance.now(), code: c}));
     });
   };
   watch();
@@ -128,11 +138,10 @@ OBSERVE_JS = """([bits, above, outSelector, every]) => {
   log.on = true;
 }"""
 
-# The uploads (the server has answered at responseStart) and the downloads of the results.
+# The uploads (the server has answered at responseStart); the results come inline, in the stream's messages.
 RESOURCES_JS = """() => performance.getEntriesByType('resource')
-  .filter(e => e.name.includes('file=') || /\\/stream\\/[^/?]+$/.test(e.name))
-  .map(e => ({name: e.name, upload: !e.name.includes('file='), start: e.startTime, answer: e.responseStart,
-              end: e.responseEnd}))"""
+  .filter(e => /\\/stream\\/[^/?]+$/.test(e.name))
+  .map(e => ({name: e.name, start: e.startTime, answer: e.responseStart, end: e.responseEnd}))"""
 
 
 def frame_code(index: int, size: tuple[int, int]) -> np.ndarray:
@@ -293,7 +302,7 @@ def _handler_rate(cores: set[int] | None, variant: str, runtime: str, imgsz: int
     return {"fps": round(n / elapsed, 2), "calls": n, "seconds": round(elapsed, 2),
             "cpu_ms_per_call": round(cpu / n * 1000, 2),
             "cores": sorted(cores) if cores else None, "torch_threads": torch.get_num_threads(),
-            "stages_ms": {k: _median([x[f"{k}_ms"] for x in lines]) for k in ("decode", "detect", "annotate")}}
+            "stages_ms": {k: _median([x[f"{k}_ms"] for x in lines]) for k in SERVER_STAGES}}
 
 
 def handler_rate(cores: set[int] | None, variant: str, runtime: str, imgsz: int, frames: int = 200,
@@ -369,38 +378,39 @@ def stage_breakdown(log: dict[str, Any], resources: list[dict[str, Any]], trace:
                     seconds: float) -> dict[str, Any]:
     """Each shown frame's trip, stage by stage, in ms (medians and p90s over the last ``seconds``), from the page's
     log (page ms), its resource timings and the server's trace (epoch ms, put on the page's clock with its
-    ``origin``). A shown frame is its download (by URL); its server call is the last one that ended before the
-    download began; the frame encoded for it is the last one of the same payload size before that call, and its
-    upload the first POST after the encode.
+    ``origin``). A shown frame names the camera frame it answers (``n``, the length of that frame's data URL:
+    ``ui.webcam.inline_jpeg``); its server call is the last one with that ``n`` that ended before it loaded, the
+    encode the last one of that length before the call, and its upload the first POST after the encode.
 
     ``camera_wait``: from the camera presenting the frame to the page encoding it (the page grabs the video on its
     ``stream_every`` timer); ``upload``: from the POST's start to the server's answer (the frame is stored as the
     newest, replacing any not yet detected); ``queue_wait``: from then until the handler takes it (the page sends on
     its timer whether or not a frame is in flight, so this is how long the newest frame waits for the detection
-    before it); ``encode_send``: from the handler's end to the download's start (Gradio encodes the result and sends
-    its URL, the page asks for it); ``render``: from the download's end to the next animation frame after the image
-    loaded. The stages add up to the lag in ms. ``sent`` and ``server_calls``: frames uploaded and handler calls in
-    the window (the difference was dropped, never detected).
+    before it); ``encode``: the result's JPEG data URL; ``message``: from the handler's end to the page parsing the
+    stream's message with the result (Gradio's send, the network); ``show``: from then to the result's image loading
+    (the page's update, the image's decode); ``render``: from then to the next animation frame. The stages add up to
+    the lag in ms. ``sent`` and ``server_calls``: frames uploaded and handler calls in the window (the
+    difference was dropped, never detected).
     """
     origin = log["origin"]
     server = sorted(({**s, "start": s["start"] - origin, "end": s["end"] - origin} for s in trace),
                     key=lambda s: s["end"])
-    downloads = {r["name"]: r for r in resources if not r["upload"]}
-    uploads = sorted((r for r in resources if r["upload"]), key=lambda r: r["start"])
-    encodes = log["encodes"]
+    uploads = sorted(resources, key=lambda r: r["start"])
+    encodes, messages = log["encodes"], log.get("messages", [])
     end = max([f["t_paint"] for f in log["shown"]] + [0.0])
     rows = []
     for f in log["shown"]:
         if f["t_paint"] < end - seconds * 1000:
             continue
         row: dict[str, float | None] = dict.fromkeys(STAGES)
-        r = downloads.get(f["src"])
-        s = r and next((s for s in reversed(server) if s["end"] <= r["start"]), None)
-        if r:
-            row["download"], row["render"] = r["end"] - r["start"], f["t_paint"] - r["end"]
-        if s:
+        row["render"] = f["t_paint"] - f["t_load"]
+        s = next((s for s in reversed(server) if s["n"] == f["n"] and s["end"] <= f["t_load"]), None)
+        if f["n"] is not None and s:
             row.update(decode=s["decode_ms"], detect=s["detect_ms"], annotate=s["annotate_ms"],
-                       encode_send=r["start"] - s["end"])
+                       encode=s["encode_ms"])
+            m = next((m for m in messages if m["n"] == s["n"] and s["end"] <= m["t"] <= f["t_load"]), None)
+            if m:
+                row["message"], row["show"] = m["t"] - s["end"], f["t_load"] - m["t"]
             e = next((e for e in reversed(encodes) if e["n"] == s["n"] and e["t1"] <= s["start"]), None)
             u = e and next((u for u in uploads if u["start"] >= e["t0"]), None)
             if e:

@@ -42,6 +42,7 @@ from ..viz.annotate import DetectionAnnotator, StatsAnnotator, records
 from ..viz.plots import tradeoff_figure
 from ..viz.starmaps import gallery, overlay
 from ..weights.hub import Located
+from . import webcam
 from .choices import block_choices, model_name, recorded_metrics
 from .errors import discard_upload, upload_path, user_errors
 from .files import output_path, sweep_outputs
@@ -199,7 +200,8 @@ def detect_video_file(video, variant, device, conf, iou, imgsz, track=False, cla
 # ---------------------------------------------------------------- Webcam tab
 def webcam_frame(frame, state, variant, device, conf, iou, imgsz, classes=None, runtime="auto"):
     """One streamed frame in, annotated frame with FPS/latency out. Gradio keeps only the newest pending frame, so
-    frames that arrive while this runs are dropped, never queued."""
+    frames that arrive while this runs are dropped, never queued. The result is a JPEG data URL that names the
+    frame it answers (``webcam.inline_jpeg``), for the page's lag."""
     if frame is None:
         gr.Warning("No frame from the webcam yet: allow camera access and press Record.")
         return gr.skip(), state
@@ -221,9 +223,11 @@ def webcam_frame(frame, state, variant, device, conf, iou, imgsz, classes=None, 
     if notice:
         text += " | on CPU: GPU unavailable"
     out = StatsAnnotator().annotate(DetectionAnnotator(smart_labels=False).annotate(rgb, detections), text)
+    t3 = time.perf_counter()
+    shown = webcam.inline_jpeg(out, _url_length(frame))
     if WEBCAM_TRACE:
-        _trace_frame(frame, wall, t0, t1, t2, time.perf_counter())
-    return out, state
+        _trace_frame(frame, wall, t0, t1, t2, t3, time.perf_counter())
+    return shown, state
 
 
 # ``app-fps`` sets this to a file: one JSON line of server timings per webcam frame, keyed by the frame's payload size.
@@ -231,11 +235,17 @@ WEBCAM_TRACE = os.environ.get("STARNET_WEBCAM_TRACE")
 _trace_lock = threading.Lock()
 
 
-def _trace_frame(frame: Any, wall: float, *t: float) -> None:
+def _url_length(frame: Any) -> int | None:
+    """The length of a camera frame's data URL (the browser's webcam sends one): what names the frame, page-side."""
     url = frame.get("url") if isinstance(frame, dict) else None
-    line = {"n": len(url) if isinstance(url, str) else None, "start": round(wall * 1000, 3),
+    return len(url) if isinstance(url, str) and url.startswith("data:") else None
+
+
+def _trace_frame(frame: Any, wall: float, *t: float) -> None:
+    line = {"n": _url_length(frame), "start": round(wall * 1000, 3),
             "decode_ms": round((t[1] - t[0]) * 1000, 3), "detect_ms": round((t[2] - t[1]) * 1000, 3),
-            "annotate_ms": round((t[3] - t[2]) * 1000, 3), "end": round((wall + t[3] - t[0]) * 1000, 3)}
+            "annotate_ms": round((t[3] - t[2]) * 1000, 3), "encode_ms": round((t[4] - t[3]) * 1000, 3),
+            "end": round((wall + t[4] - t[0]) * 1000, 3)}
     with _trace_lock, open(WEBCAM_TRACE, "a") as f:
         f.write(json.dumps(line) + "\n")
 

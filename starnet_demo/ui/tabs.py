@@ -122,12 +122,13 @@ def webcam_tab(c: Controls, time_limit_s: float, streams: int) -> None:
                            webcam_options=gr.WebcamOptions(mirror=False, constraints={
                                "video": {"width": {"ideal": WEBCAM_W}, "height": {"ideal": WEBCAM_H}}}))
             with gr.Column():
-                cam_out = gr.Image(label="Detections", format="jpeg", elem_id=webcam.OUTPUT_ID)
+                cam_out = gr.Image(label="Detections", elem_id=webcam.OUTPUT_ID)
                 webcam.rates_line()
         cam_state = gr.State(None)
         cam.stream(handlers.webcam_frame, [cam, cam_state, *c.settings, c.classes, c.runtime], [cam_out, cam_state],
                    api_name="webcam", stream_every=1 / 30, time_limit=time_limit_s, concurrency_limit=streams,
-                   preprocess=False, show_progress="hidden")  # no running clock over the live picture
+                   preprocess=False, postprocess=False,  # frames in and out as data URLs (ui.webcam)
+                   show_progress="hidden")  # no running clock over the live picture
 
 
 def latency_tab(c: Controls, example: str | None) -> None:

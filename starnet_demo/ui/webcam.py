@@ -1,54 +1,70 @@
-"""The Webcam tab's rates line, measured in the visitor's browser: the camera's frame rate, the rate of annotated
-frames shown, and how far the picture lags behind the camera.
+"""The Webcam tab's browser-side pieces: the annotated picture, sent inline, and the rates line.
 
-Only the page knows the first and the last (the server sees only the frames it is sent), so a small script does it,
-light enough not to cost frames: it counts the camera's frames as the video presents them
-(``requestVideoFrameCallback``), the annotated images as they load, and takes a frame's lag as the time from its upload
-(the ``/stream`` POST, from the browser's resource timings) to its result being loaded; lag in frames is that times the
-camera's rate. It writes the line twice a second.
+``inline_jpeg`` sends each annotated frame inside the stream's message as a JPEG data URL. Gradio's own image output
+saves every frame to its cache (a file per frame, kept for the sweep's age: about 2,000 files under a 10-minute soak)
+and the page then fetches it with a second request; inline, a frame touches no disk and costs no round trip.
+
+The rates line is measured in the visitor's browser: the camera's frame rate, the rate of annotated frames shown,
+and how far the picture lags behind the camera. Only the page knows the first and the last (the server sees only the
+frames it is sent), so a small script does it, light enough not to cost frames: it counts the camera's frames as the
+video presents them (``requestVideoFrameCallback``) and the annotated images as they load. A result's lag is the time
+from the page encoding its camera frame (Gradio's webcam calls ``canvas.toDataURL``, which the script wraps to note
+when each length was made) to the result loading; the result names that length (``inline_jpeg``). Lag in frames is
+that times the camera's rate. It writes the line twice a second.
 """
 
 from __future__ import annotations
 
+import base64
+
+import cv2
 import gradio as gr
+import numpy as np
+from gradio.data_classes import Base64ImageData
 
 CAMERA_ID, OUTPUT_ID = "webcam-in", "webcam-out"  # the elem_ids of the camera and the annotated image
+JPEG_QUALITY = 80  # what the browser's own encode of the camera frames uses (gradio's webcam, toDataURL's default)
+
+
+def inline_jpeg(image: np.ndarray, answers: int | None = None) -> dict[str, str]:
+    """An RGB frame as the Image output's value, sent as is (the event has ``postprocess=False``): a JPEG data URL,
+    tagged ``;answers=<length>`` with the length of the camera frame's data URL it answers (a media-type parameter,
+    which browsers ignore), so that the page pairs each result with the frame it shows."""
+    ok, jpeg = cv2.imencode(".jpg", np.ascontiguousarray(image[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:
+        raise ValueError(f"could not encode a {image.shape} frame as JPEG")
+    tag = f";answers={answers}" if answers is not None else ""
+    return Base64ImageData(url=f"data:image/jpeg{tag};base64," + base64.b64encode(jpeg).decode()).model_dump()
+
 
 RATES_JS = """
 const line = element.querySelector('.webcam-rates') || element;
-const cam = [], shown = [], lags = [], sent = [], gets = new Map(), pending = [];
+const cam = [], shown = [], lags = [], encoded = new Map();
 let video = null;
 const WINDOW = 2000;
 const recent = (a, now) => { while (a.length && a[0] < now - WINDOW) a.shift(); return a; };
 const rate = (a) => a.length > 1 ? (a.length - 1) / (a[a.length - 1] - a[0]) * 1000 : 0;
 const onFrame = (now) => { cam.push(now); if (video) video.requestVideoFrameCallback(onFrame); };
-new PerformanceObserver((list) => {
-  for (const e of list.getEntries()) {
-    if (/\\/stream\\/[^/?]+$/.test(e.name)) sent.push(e.startTime);
-    else if (e.name.includes('file=')) gets.set(e.name, e.startTime);
-  }
-  while (gets.size > 100) gets.delete(gets.keys().next().value);  // results never shown (a skipped frame)
-}).observe({type: 'resource'});
+const toDataURL = HTMLCanvasElement.prototype.toDataURL;
+HTMLCanvasElement.prototype.toDataURL = function (...args) {  // the webcam's encode of each frame it sends
+  const t = performance.now(), url = toDataURL.apply(this, args);
+  encoded.delete(url.length);
+  encoded.set(url.length, t);
+  if (encoded.size > 100) encoded.delete(encoded.keys().next().value);
+  return url;
+};
 document.addEventListener('load', (e) => {
   const img = e.target;
-  if (img.tagName === 'IMG' && img.closest('#OUTPUT_ID')) {
-    const t = performance.now();
-    shown.push(t);
-    pending.push({t, src: img.currentSrc || img.src});
-  }
+  if (img.tagName !== 'IMG' || !img.closest('#OUTPUT_ID')) return;
+  const t = performance.now(), m = /^data:[^,]*;answers=(\\d+)/.exec(img.src.slice(0, 64));
+  shown.push(t);
+  const sent = m && encoded.get(Number(m[1]));
+  if (sent !== undefined && sent !== null) lags.push({t, ms: t - sent});
 }, true);
 setInterval(() => {
   const now = performance.now();
   const v = document.querySelector('#CAMERA_ID video');
   if (v !== video) { video = v; if (v) v.requestVideoFrameCallback(onFrame); }
-  while (pending.length && gets.has(pending[0].src)) {  // a result's upload: the last one before its download
-    const p = pending.shift(), start = gets.get(p.src);
-    gets.delete(p.src);
-    const up = sent.filter((s) => s <= start).pop();
-    if (up !== undefined) lags.push({t: p.t, ms: p.t - up});
-  }
-  while (pending.length && pending[0].t < now - WINDOW) pending.shift();
-  while (sent.length > 1 && sent[1] < now - WINDOW) sent.shift();
   while (lags.length && lags[0].t < now - WINDOW) lags.shift();
   const camFps = rate(recent(cam, now)), shownFps = rate(recent(shown, now));
   if (!shown.length) { line.textContent = ''; return; }
