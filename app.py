@@ -124,6 +124,10 @@ def warm_up(variant: str = "s1") -> threading.Thread:
 
 
 if __name__ == "__main__":
+    # The server's log: loads, exports, pool evictions and sweeps at INFO; our faults with their tracebacks.
+    logging.basicConfig(level=os.environ.get("STARNET_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per HTTP call Gradio and the Hub client make
     # One intra-op thread per worker: WORKERS requests and a webcam stream keep the cores busy already, and two-thread
     # ops stall whenever something else holds the other core. Measured as above: 1.65 -> 3.25 requests/s, p95 4.6 ->
     # 1.6 s, webcam 4.3 -> 10 FPS, and RSS flat after warm-up (+2.7% -> -0.4%). Set here, not on import (tests).

@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import pytest
 from app_support import boxy_weights, serve
+from PIL import Image
 
 from starnet_demo import cli
 from starnet_demo.tools.appfps import (
@@ -152,7 +153,7 @@ def test_webcam_tab_against_the_fake_camera(tmp_path, monkeypatch):
     weights = boxy_weights(tmp_path / "weights", ("s1",))
     with serve(weights, tmp_path / "cache") as (_, url):
         report = run(["s1"], "pytorch", [160], seconds=3, camera_fps=10, camera_size=(320, 240), frames=40, url=url,
-                     settle_s=1, handler_seconds=1, trace=trace, log=lambda _: None)
+                     settle_s=1, handler_seconds=1, trace=trace, log=lambda _: None, screenshots=tmp_path / "shots")
     (result,) = report["results"]
     assert result["camera_fps_measured"] == pytest.approx(10, rel=0.3) and result["camera_size"] == "320x240", result
     assert result["frames_shown"] >= 2 and result["codes_read"] >= 1, result
@@ -164,3 +165,5 @@ def test_webcam_tab_against_the_fake_camera(tmp_path, monkeypatch):
     assert stages["ms"]["message"]["median"] > 0 and stages["ms"]["show"]["median"] is not None, stages
     assert stages["ms"]["upload"]["median"] is not None, stages
     json.dumps(report)
+    shot = Image.open(tmp_path / "shots" / "webcam_s1_pytorch_160.jpg")  # the tab: camera, detections, rates line
+    assert shot.format == "JPEG" and 300 < shot.width <= 1280 and 200 < shot.height < 1000, shot.size

@@ -3,6 +3,7 @@ and an export cache that is capped and heals what a crash or a hand damaged, als
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 from app_support import BUS, boxy_weights
 
-from starnet_demo.inference import devices, exports
+from starnet_demo.inference import detector, devices, exports
 from starnet_demo.inference.detector import POOL, clear_detectors, detector_for, get_detector
 from starnet_demo.inference.pool import ModelPool, rss_bytes
 from starnet_demo.inference.preprocess import RECT_BUCKETS, rect_bucket
@@ -133,6 +134,19 @@ def test_a_dropped_detector_and_its_reload_never_run_their_shared_backend_at_onc
         assert not done.wait(1.0)  # the new one waits
     worker.join(60)
     assert done.is_set()
+
+
+def test_a_specs_lock_lives_as_long_as_its_detectors(env):
+    """The detectors of one spec share a lock, and it goes with the last of them: no lock kept per spec ever seen."""
+    spec = resolve_spec("s050", "cpu", "pytorch", IMGSZ)
+    old = detector_for(spec)
+    POOL.discard(spec)
+    new = detector_for(spec)
+    assert new is not old and new._lock is old._lock and spec in detector._LOCKS
+    del old, new
+    POOL.discard(spec)
+    gc.collect()
+    assert spec not in detector._LOCKS
 
 
 def test_a_stream_of_odd_aspect_ratios_shares_a_few_shapes():

@@ -17,6 +17,7 @@ import contextlib
 import copy
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -41,10 +42,32 @@ from .spec import ModelSpec, resolve_spec
 
 #: The process's models: detectors (keyed on their spec) and backends (keyed on spec and input shape).
 POOL = ModelPool()
-#: One lock per spec, not per ``Detector``: a detector the pool dropped while a request still runs it and the one
-#: loaded again for the next request fetch the same backends from the pool, and neither an OpenVINO infer request nor
-#: a captured CUDA graph may run twice at once (the 10-minute soak hit "Infer Request is busy").
-_LOCKS: dict[ModelSpec, threading.Lock] = {}
+
+
+class SpecLock:
+    """The lock of the live detectors of one spec, not of one ``Detector``: a detector the pool dropped while a
+    request still runs it and the one loaded again for the next request fetch the same backends from the pool, and
+    neither an OpenVINO infer request nor a captured CUDA graph may run twice at once (the 10-minute soak hit "Infer
+    Request is busy"). Held weakly (``threading.Lock`` cannot be), so it lives exactly as long as such a detector."""
+
+    __slots__ = ("_lock", "__weakref__")
+
+    def __init__(self):
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> SpecLock:
+        self._lock.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+    def locked(self) -> bool:
+        return self._lock.locked()
+
+
+_LOCKS: weakref.WeakValueDictionary[ModelSpec, SpecLock] = weakref.WeakValueDictionary()
+_LOCKS_GUARD = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -100,7 +123,8 @@ class Detector:
         self.imgsz, self.rewrite = spec.imgsz, spec.rewrite
         self.model, self.config = load_model(spec)
         self.names: dict[int, str] = dict(self.model.names)
-        self._lock = _LOCKS.setdefault(spec, threading.Lock())
+        with _LOCKS_GUARD:
+            self._lock = _LOCKS.setdefault(spec, SpecLock())
         self._cuda = is_cuda(self.device)
         self.prepared = False  # whether the square ``imgsz`` backend was built (``prepare``)
         if self.runtime == "ultralytics":

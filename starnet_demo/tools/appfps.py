@@ -42,6 +42,7 @@ import numpy as np
 
 from ..inference.devices import cpu_info
 from ..models.yolo import BASELINE
+from ..ui.webcam import CAMERA_ID, OUTPUT_ID
 from .bench import default_image
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -456,17 +457,21 @@ def measure_webcam(browser, url: str, variant: str, runtime: str, imgsz: int, se
         page.get_by_role("tab", name="Webcam").click()
         page.get_by_text("Click to Access Webcam").click()
         page.locator("button:visible", has_text="Record").first.click()
-        page.locator("#webcam-out img").wait_for(timeout=timeout_ms)  # the first annotated frame
+        page.locator(f"#{OUTPUT_ID} img").wait_for(timeout=timeout_ms)  # the first annotated frame
         page.wait_for_function("() => { const v = document.querySelector('video'); return v && v.videoWidth > 0; }")
-        page.evaluate(OBSERVE_JS, [BITS, ABOVE, "#webcam-out img", CAMERA_READ_EVERY])
+        page.evaluate(OBSERVE_JS, [BITS, ABOVE, f"#{OUTPUT_ID} img", CAMERA_READ_EVERY])
         time.sleep(settle_s)
         cpu = cpu_seconds(app_pid) if app_pid else None
         time.sleep(seconds)
         cpu = cpu_seconds(app_pid) - cpu if app_pid else None
         page.evaluate("() => { window.__appfps.on = false; }")
         log, resources = page.evaluate("() => window.__appfps"), page.evaluate(RESOURCES_JS)
-        if screenshot:
-            page.screenshot(path=str(screenshot))
+        if screenshot:  # the camera, the detections and the rates line: the tab as a visitor sees it
+            boxes = [page.locator(f"#{i}").bounding_box() for i in (CAMERA_ID, OUTPUT_ID, "webcam-rates")]
+            x0, y0 = min(b["x"] for b in boxes), min(b["y"] for b in boxes)
+            x1, y1 = max(b["x"] + b["width"] for b in boxes), max(b["y"] + b["height"] for b in boxes)
+            page.screenshot(path=str(screenshot), quality=80, type="jpeg",
+                            clip={"x": x0, "y": y0, "width": x1 - x0, "height": y1 - y0})
     finally:
         context.close()
     server = [json.loads(line) for line in trace.read_text().splitlines()] if trace and trace.is_file() else []
@@ -556,7 +561,7 @@ def run(variants: list[str], runtime: str = "auto", imgsz: list[int] | None = No
                         for size in sizes:
                             if browser_cores:
                                 pin(os.getpid(), browser_cores, app_pid)  # Chromium and all it started since
-                            shot = shots / f"webcam_{variant}_{runtime}_{size}.png" if shots else None
+                            shot = shots / f"webcam_{variant}_{runtime}_{size}.jpg" if shots else None
                             r = measure_webcam(browser, address, variant, runtime, size, seconds, frames, camera_fps,
                                                settle_s, shot, server_trace, app_pid)
                             h = handler.get((variant, size))

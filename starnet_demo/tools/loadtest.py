@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import random
 import socket
@@ -297,25 +298,40 @@ class FolderSampler(threading.Thread):
             self.sample()
 
     def report(self, measured_from: float) -> dict[str, Any]:
-        """Per folder: files and MB at the start, end and peak, whether the file count stayed flat over the last
-        half of the measured phase (within 10 % and 20 files), and the timeline ``[s, files, MB]``; for a folder
-        with a sweep age, that age and the most files older than it at once (``files_stale_peak``)."""
+        """Per folder: files and MB at the start, end and peak; over the last half of the measured phase, whether the
+        file count stayed within 10 % (and 20 files) of its peak (``files_flat_last_half``, strict: a video's result
+        files arrive together) and its linear trend across that half as a share of its mean
+        (``files_trend_last_half_pct``: growth shows there, the mix's noise averages out); the timeline
+        ``[s, files, MB]``; for a folder with a sweep age, that age and the most files older than it at once
+        (``files_stale_peak``)."""
         out = {}
         for name, samples in self.samples.items():
             if not samples:
                 continue
             files = [f for _, f, _, _ in samples]
             measured = [(t, f) for t, f, _, _ in samples if t >= measured_from]
-            half = [f for t, f in measured if t >= (measured[0][0] + measured[-1][0]) / 2] if measured else []
+            last = [(t, f) for t, f in measured if t >= (measured[0][0] + measured[-1][0]) / 2] if measured else []
+            half = [f for _, f in last]
             out[name] = {"path": str(self.folders[name]), "files_start": files[0], "files_end": files[-1],
                          "files_peak": max(files), "mb_start": round(samples[0][2] / 2**20, 1),
                          "mb_end": round(samples[-1][2] / 2**20, 1),
                          "mb_peak": round(max(b for _, _, b, _ in samples) / 2**20, 1),
                          "files_flat_last_half": bool(half) and max(half) - min(half) <= max(20, 0.1 * max(half)),
+                         "files_trend_last_half_pct": _trend_pct(last),
                          **({"stale_after_s": self.stale_s[name],
                              "files_stale_peak": max(n for _, _, _, n in samples)} if name in self.stale_s else {}),
                          "timeline": [[round(t, 1), f, round(b / 2**20, 1)] for t, f, b, _ in samples]}
         return out
+
+
+def _trend_pct(points: list[tuple[float, int]]) -> float | None:
+    """The least-squares line's rise across ``points`` (``(s, count)``), in percent of their mean count."""
+    if len(points) < 3:
+        return None
+    t, n = np.asarray(points, dtype=float).T
+    if np.ptp(t) == 0 or n.mean() == 0:
+        return None
+    return round(float(np.polyfit(t, n, 1)[0] * np.ptp(t) / n.mean() * 100), 2)
 
 
 def watched_folders() -> dict[str, Path]:
@@ -477,6 +493,9 @@ def run(url: str, users: int = 8, duration_s: float = 60, warmup_s: float = 10, 
         "load_requests": _summary(loads), "warmup_requests": _summary([r for r in records if r.start_s < 0]),
         **_summary(requests),
         "throughput_rps": round(len([r for r in requests if r.ok]) / max(finished - phase["t0"], 1e-9), 2),
+        # whether the load was steady: what the folders hold follows the request rate (files per request x age)
+        "requests_per_min_by_half": [round(sum(lo <= r.start_s < hi for r in requests) / (duration_s / 2) * 60, 1)
+                                     for lo, hi in ((0, duration_s / 2), (duration_s / 2, math.inf))],
         "by_kind": {k: _summary([r for r in measured if r.kind == k]) for k in mix},
         "webcam_fps": _stats([1 / r.latency_s for r in measured if r.kind == "webcam" and r.ok and r.latency_s > 0]),
         "errors": sorted({r.error for r in [*loads, *records] if r.error})[:10],

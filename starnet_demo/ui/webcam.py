@@ -23,7 +23,9 @@ import numpy as np
 from gradio.data_classes import Base64ImageData
 
 CAMERA_ID, OUTPUT_ID = "webcam-in", "webcam-out"  # the elem_ids of the camera and the annotated image
-JPEG_QUALITY = 80  # what the browser's own encode of the camera frames uses (gradio's webcam, toDataURL's default)
+#: The results' JPEG quality: on a 640×480 street frame, 89 KB against 137 KB at the browser's own 0.92 (what
+#: Gradio's webcam sends), each a frame's trip through the stream's message and the page's decode.
+JPEG_QUALITY = 80
 
 
 def inline_jpeg(image: np.ndarray, answers: int | None = None) -> dict[str, str]:
