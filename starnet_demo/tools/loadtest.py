@@ -18,6 +18,7 @@ import json
 import math
 import os
 import random
+import re
 import socket
 import subprocess
 import sys
@@ -546,8 +547,15 @@ def parse_mix(text: str) -> dict[str, float]:
     return mix
 
 
+#: A JSON list of numbers only, as ``indent`` spreads it over lines: the timelines are thousands of them.
+_NUMBERS = re.compile(r"\[\s+([-+0-9.eE,\s]+?)\s+\]")
+
+
 def write(report: dict[str, Any], path: str | Path) -> Path:
+    """The report as indented JSON, each list of numbers on one line (a 10-minute soak: 4,600 lines → 1,100, and
+    45 % of the bytes)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    text = _NUMBERS.sub(lambda m: "[" + re.sub(r",\s+", ", ", m[1]) + "]", json.dumps(report, indent=2))
+    path.write_text(text + "\n")
     return path
