@@ -72,7 +72,11 @@ def test_detect_image_draws_boxes_and_returns_json(app):
     assert all(0 <= d["box"][0] < d["box"][2] <= original.shape[1] for d in dets)
     assert list(table.columns) == ["class", "confidence", "x1", "y1", "x2", "y2"] and len(table) == len(dets)
     assert set(result["timings_ms"]) == {"preprocess", "inference", "postprocess"}
-    assert f"{len(dets)} objects" in line and result["notice"] is None
+    assert handlers.objects(len(dets)) in line and result["notice"] is None
+
+
+def test_counts_read_as_english():
+    assert [handlers.objects(n) for n in (0, 1, 2)] == ["0 objects", "1 object", "2 objects"]
 
 
 def test_detect_image_takes_what_gradio_sends(app):

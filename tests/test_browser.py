@@ -30,6 +30,7 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.is_file(), reason="Debian's chromiu
 ARTIFACTS = ROOT / "artifacts" / "browser"
 VARIANTS = [v.strip() for v in os.environ.get("STARNET_WEBCAM_VARIANTS", "s1").split(",") if v.strip()]
 STREAM_S = 10.0  # how long the webcam test streams
+CAMERA_FPS = 20  # the fake camera's rate (its clip's header)
 BOX_RGB = np.array([163, 81, 251])  # supervision's default colour for class 0 ("person"), the class boxy_weights makes
 
 
@@ -43,7 +44,7 @@ def url(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    camera = write_y4m(tmp_path_factory.mktemp("camera") / "street.y4m", frames=30)
+    camera = write_y4m(tmp_path_factory.mktemp("camera") / "street.y4m", frames=30, fps=CAMERA_FPS)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         chromium = p.chromium.launch(executable_path=str(CHROMIUM),
@@ -78,7 +79,7 @@ def test_example_image_shows_boxes(browser, url):
     page = open_app(browser, url)
     page.locator("img[src*='bus.jpg']").first.click()  # the bus example: fills the inputs and runs (lazy cache)
     line = page.locator("#image-line")
-    line.get_by_text("objects").wait_for(timeout=120_000)
+    line.get_by_text("object").wait_for(timeout=120_000)
     n = int(line.inner_text().split()[0])
     page.locator("#image-out img").wait_for()
     page.screenshot(path=str(ARTIFACTS / "image_example.png"), full_page=True)
@@ -100,8 +101,12 @@ def test_fake_webcam_streams_annotated_frames(browser, url, variant):
     assert cached_files() == before  # frames come and go inline, as data URLs: none is saved
     rates = page.locator("#webcam-rates")  # measured in the page: the camera's rate, the rate shown, the lag
     rates.get_by_text("behind").wait_for(timeout=10_000)
-    assert re.fullmatch(r"Camera \d+\.\d FPS · shown \d+\.\d FPS · \d+\.\d frames \(\d+ ms\) behind",
-                        rates.inner_text().strip()), rates.inner_text()
+    line = rates.inner_text().strip()
+    camera = re.fullmatch(r"Camera (\d+\.\d) FPS · shown \d+\.\d FPS · \d+\.\d frames \(\d+ ms\) behind", line)
+    assert camera, line
+    # the frames the camera delivers, painted or not: a page that counts only the painted ones, on a busy core,
+    # reads a third to a half of the camera's rate
+    assert 0.75 * CAMERA_FPS <= float(camera[1]) <= 1.25 * CAMERA_FPS, line
     page.screenshot(path=str(ARTIFACTS / f"webcam_{variant}.png"))
     frame = fetch_image(page, "#webcam-out img")
     (ARTIFACTS / f"webcam_{variant}.json").write_text(json.dumps({

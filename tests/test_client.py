@@ -35,7 +35,7 @@ def test_detect_image(client):
     dets = result["detections"]
     assert dets and all({"class", "confidence", "box"} <= set(d) for d in dets)
     assert dets[0]["class"] == "person" and len(dets[0]["box"]) == 4
-    assert len(table["data"]) == len(dets) and "objects" in line
+    assert len(table["data"]) == len(dets) and "object" in line
 
 
 def test_bad_image_is_a_clear_error_and_the_server_carries_on(client, tmp_path):

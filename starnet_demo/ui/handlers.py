@@ -57,6 +57,11 @@ log = logging.getLogger("app")
 _told: weakref.WeakSet[Located] = weakref.WeakSet()  # weights whose plain notice was shown
 
 
+def objects(n: int) -> str:
+    """"1 object", "3 objects": the count in the lines and overlays a user reads."""
+    return f"{n} object{'' if n == 1 else 's'}"
+
+
 def load_image(value: Any) -> np.ndarray:
     """An RGB array from what the Image component sends raw: a file payload, a path or an array."""
     if value is None:
@@ -141,7 +146,7 @@ def detect_image(image, variant, device, conf, iou, imgsz, classes=None, runtime
                "postprocess": round(t.postprocess_ms, 2)}
     result = {"variant": s.variant, "device": s.device if not notice else "cpu", "imgsz": s.imgsz,
               "detections": rows, "timings_ms": timings, "notice": notice}
-    line = (f"**{len(rows)} objects** · preprocess {timings['preprocess']:.1f} ms · inference "
+    line = (f"**{objects(len(rows))}** · preprocess {timings['preprocess']:.1f} ms · inference "
             f"{timings['inference']:.1f} ms · postprocess {timings['postprocess']:.1f} ms")
     with detection_files() as sink:
         sink.append(detections)
@@ -219,7 +224,7 @@ def webcam_frame(frame, state, variant, device, conf, iou, imgsz, classes=None, 
     t2 = time.perf_counter()
     state["fps"].tick()
     state["frames"] += 1
-    text = f"{s.variant.upper()} | {state['fps'].fps:.1f} FPS | {(t2 - t0) * 1000:.0f} ms | {len(detections)} objects"
+    text = f"{s.variant.upper()} | {state['fps'].fps:.1f} FPS | {(t2 - t0) * 1000:.0f} ms | {objects(len(detections))}"
     if notice:
         text += " | on CPU: GPU unavailable"
     out = StatsAnnotator().annotate(DetectionAnnotator(smart_labels=False).annotate(rgb, detections), text)
@@ -273,7 +278,7 @@ def latency(image, variants, device, imgsz, runs=10, baseline=True, conf=0.25, i
             results.append({"model": model_name(s.variant), "variant": s.variant, "map50": metrics.get("map50"),
                             "map50_se": metrics.get("map50_se"), **r})
             shots.append((DetectionAnnotator().annotate(rgb, detections),
-                          f"{model_name(s.variant)}: {r['total_ms']:.0f} ms, {len(detections)} objects"))
+                          f"{model_name(s.variant)}: {r['total_ms']:.0f} ms, {objects(len(detections))}"))
     table = pd.DataFrame([{
         "model": r["model"], "mAP50 (held out)": _accuracy(r), "runtime": f"{r['runtime']} {r['precision']}",
         "params (M)": round(r["params"] / 1e6, 2), "GFLOPs": r["gflops"],
@@ -327,9 +332,9 @@ def star_vs_sum(image, variant, swap_in, block, imgsz=640, conf=0.25, iou=0.45, 
     kept = r.kept()
     fused = "act(f1(x)) + f2(x)" if block in r.swapped else "act(f1(x)) * f2(x), the sum upstream"
     items = [(DetectionAnnotator().annotate(rgb, r.star.detections),
-              f"star, as trained: {len(r.star.detections)} objects"),
+              f"star, as trained: {objects(len(r.star.detections))}"),
              (DetectionAnnotator().annotate(rgb, r.sum.detections),
-              f"sum in {where}: {len(r.sum.detections)} objects ({kept} of the star's {len(r.star.detections)} "
+              f"sum in {where}: {objects(len(r.sum.detections))} ({kept} of the star's {len(r.star.detections)} "
               "still found)"),
              (overlay(r.picture, r.star.maps.star.mean(0)), f"block {block}, star: mean of act(f1(x)) * f2(x)"),
              (overlay(r.picture, r.sum.maps.star.mean(0)), f"block {block}, sum in {where}: mean of {fused}")]
@@ -387,6 +392,6 @@ def cam(image, variants, layer="neck", imgsz=640, conf=0.25, iou=0.45, device="c
             c, _ = on_device(s, "pytorch", lambda det, s=s: cams.eigencam(det, rgb, layer, s.conf, s.iou, s.imgsz),
                              progress=progress)
             shots.append((DetectionAnnotator().annotate(overlay(rgb, c.heat), c.detections),
-                          f"{model_name(s.variant)}: {len(c.detections)} objects"))
+                          f"{model_name(s.variant)}: {objects(len(c.detections))}"))
             info.append({"variant": s.variant, "objects": len(c.detections), "detections": records(c.detections)})
     return shots, {"layer": layer, "imgsz": s.imgsz, "models": info}
