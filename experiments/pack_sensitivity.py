@@ -5,10 +5,10 @@ whose held-out mAP50 and mAP50-95 stay within 0.002 of the fp16 file's. For S3 o
 the tracked tree over 40 MiB. Here each fp16 tensor that could be packed is ranked by how much packing it alone (on
 top of the present packing) moves the model's outputs on distill *training* images, per byte it saves; the cheapest
 are packed until ``--save`` bytes are saved, and ``compact_weights.compact`` then applies the held-out rule once to
-that scope, putting the file back if it fails. Run from the repository root with the fp16 files in ``--source``
-(``git show 75f147e^:weights/s3.safetensors``, and its ``.json``):
-``PYTHONPATH=. python experiments/pack_sensitivity.py --variant s3 --source /tmp/fp16 --save 700000 --data
-../shared/datasets/coco-mini/data.yaml --images ../shared/datasets/distill/images/train``.
+that scope (if it fails, ``compact`` leaves the fp16 file in place: ``git checkout weights/`` to undo). Run from the
+repository root with the fp16 files in ``--source`` (``git show 75f147e^:weights/s3.safetensors``, and its ``.json``):
+``PYTHONPATH=.:experiments python experiments/pack_sensitivity.py --variant s3 --source /tmp/fp16 --save 1000000
+--data ../shared/datasets/coco-mini/data.yaml --images ../shared/datasets/distill/images/train``.
 """
 
 from __future__ import annotations
