@@ -61,6 +61,15 @@ def _wheel(folder: Path) -> Path:
     return folder
 
 
+def test_the_tracked_tree_leaves_the_bundle_its_room():
+    """At most 40 MiB tracked (issue 33), so that a 64 MiB trip to a lent GPU carries about 23 MiB of training images;
+    a new large file must make room or go to the Hub."""
+    root = Path(__file__).resolve().parents[1]
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True, check=True).stdout.decode()
+    size = sum(p.stat().st_size for f in files.split("\0") if f and (p := root / f).is_file())
+    assert 20 * 2**20 < size <= 40 * 2**20, f"the tracked tree is {size / 2**20:.2f} MiB"
+
+
 def test_plan_parses_minutes_per_variant():
     assert parse_plan("s3:2.5, s4:3,s1") == [("s3", 2.5), ("s4", 3.0), ("s1", 1.0)]
 
