@@ -42,7 +42,7 @@ import numpy as np
 
 from ..inference.devices import cpu_info
 from ..models.yolo import BASELINE
-from ..ui.webcam import CAMERA_ID, OUTPUT_ID
+from ..ui.webcam import CAMERA_ID, OUTPUT_ID, RATES_ID
 from .bench import default_image
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -467,7 +467,7 @@ def measure_webcam(browser, url: str, variant: str, runtime: str, imgsz: int, se
         page.evaluate("() => { window.__appfps.on = false; }")
         log, resources = page.evaluate("() => window.__appfps"), page.evaluate(RESOURCES_JS)
         if screenshot:  # the camera, the detections and the rates line: the tab as a visitor sees it
-            boxes = [page.locator(f"#{i}").bounding_box() for i in (CAMERA_ID, OUTPUT_ID, "webcam-rates")]
+            boxes = [page.locator(f"#{i}").bounding_box() for i in (CAMERA_ID, OUTPUT_ID, RATES_ID)]
             x0, y0 = min(b["x"] for b in boxes), min(b["y"] for b in boxes)
             x1, y1 = max(b["x"] + b["width"] for b in boxes), max(b["y"] + b["height"] for b in boxes)
             page.screenshot(path=str(screenshot), quality=80, type="jpeg",

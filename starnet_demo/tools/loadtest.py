@@ -325,14 +325,19 @@ class FolderSampler(threading.Thread):
         return out
 
 
+def _slope(t: Any, y: Any) -> float | None:
+    """The least-squares line's rise of ``y`` per unit of ``t``; none from fewer than 3 points or one instant."""
+    t, y = np.asarray(t, dtype=float), np.asarray(y, dtype=float)
+    return float(np.polyfit(t, y, 1)[0]) if len(t) > 2 and np.ptp(t) > 0 else None
+
+
 def _trend_pct(points: list[tuple[float, int]]) -> float | None:
     """The least-squares line's rise across ``points`` (``(s, count)``), in percent of their mean count."""
-    if len(points) < 3:
+    t, n = np.asarray(points, dtype=float).reshape(-1, 2).T
+    slope = _slope(t, n)
+    if slope is None or n.mean() == 0:
         return None
-    t, n = np.asarray(points, dtype=float).T
-    if np.ptp(t) == 0 or n.mean() == 0:
-        return None
-    return round(float(np.polyfit(t, n, 1)[0] * np.ptp(t) / n.mean() * 100), 2)
+    return round(float(slope * np.ptp(t) / n.mean() * 100), 2)
 
 
 def watched_folders() -> dict[str, Path]:
@@ -506,9 +511,9 @@ def run(url: str, users: int = 8, duration_s: float = 60, warmup_s: float = 10, 
         after = [(t, b) for t, b in sampler.samples if t >= phase["t0"] - start]
         times = np.asarray([t for t, _ in after]) / 60
         mb = np.asarray([b for _, b in after]) / 2**20
-        slope = float(np.polyfit(times, mb, 1)[0]) if len(after) > 2 and np.ptp(times) > 0 else None
+        slope = _slope(times, mb)
         late = times >= (times[0] + times[-1]) / 2 if len(times) else times
-        late_slope = float(np.polyfit(times[late], mb[late], 1)[0]) if late.sum() > 2 else None
+        late_slope = _slope(times[late], mb[late])
         growth = (rss_end - rss_warm) / rss_warm * 100 if rss_warm else None
         report["rss_mb"] = {
             "start": round(rss_start / 2**20, 1), "after_warmup": round(rss_warm / 2**20, 1),

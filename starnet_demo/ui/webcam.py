@@ -25,6 +25,7 @@ import numpy as np
 from gradio.data_classes import Base64ImageData
 
 CAMERA_ID, OUTPUT_ID = "webcam-in", "webcam-out"  # the elem_ids of the camera and the annotated image
+RATES_ID = "webcam-rates"  # and of the rates line under it
 #: The results' JPEG quality: on a 640×480 street frame, 89 KB against 137 KB at the browser's own 0.92 (what
 #: Gradio's webcam sends), each a frame's trip through the stream's message and the page's decode.
 JPEG_QUALITY = 80
@@ -83,4 +84,4 @@ setInterval(() => {
 def rates_line() -> gr.HTML:
     """The line under the annotated image, filled in by ``RATES_JS``."""
     return gr.HTML("", html_template="<div class='webcam-rates'></div>", js_on_load=RATES_JS,
-                   elem_id="webcam-rates")
+                   elem_id=RATES_ID)
